@@ -1,0 +1,147 @@
+"""Iterative refinement (Algorithm 2) of N random partitions averaged into a pixel map (Algorithm 3, lines 1-9).
+
+All N searches of all images run together, level by level: one level's mutants go to the model in
+chunks of `max_batch`. The returned map holds, for every superpixel P the refinement visited at any level,
+R(P) / |P| on its pixels, averaged over the N partitions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rex.blackbox import BlackBox
+from rex.partition import SplitDistribution, box_area, box_masks, split_boxes
+from rex.responsibility import MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityRule, responsibility, subset_outcomes
+
+
+@dataclass
+class _Tasks:
+    """Boxes to refine (section 5.2): search id, held-constant context pixels, box and known outcomes."""
+
+    search: Tensor
+    context: Tensor
+    box: Tensor
+    empty_pass: Tensor
+    full_pass: Tensor
+
+
+def passes(probs: Tensor, target: Tensor, reference: Tensor, confidence_filter: float) -> Tensor:
+    """Section 5.1: a mutant passes when it keeps the target class (and `confidence_filter` of its confidence)."""
+    conf = probs.gather(1, target[:, None])[:, 0]
+    return (probs.argmax(1) == target) & (conf >= confidence_filter * reference)
+
+
+def _add_boxes(diff: Tensor, image: Tensor, boxes: Tensor, values: Tensor) -> None:
+    """Add `values` on the pixels of `boxes` (K, 4) of maps `image` (K,) via a 2-D difference array."""
+    r0, r1, c0, c1 = (boxes[:, i].to(diff.device) for i in range(4))
+    v = values.to(diff)
+    for rows, cols, sign in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
+        diff.index_put_((image, rows, cols), sign * v, accumulate=True)
+
+
+def responsibility_map(
+    blackbox: BlackBox,
+    images: Tensor,
+    target: Tensor,
+    generator: torch.Generator,
+    n_partitions: int = 20,
+    min_size: int = 10,
+    queue_len: int = 1,
+    rule: ResponsibilityRule = "paper",
+    distribution: SplitDistribution = "uniform",
+    dist_args: tuple[float, ...] = (),
+    confidence_filter: float = 0.0,
+    work_budget: int | None = None,
+) -> Tensor:
+    """Algorithms 2-3: responsibility maps (B, H, W) averaged over `n_partitions` refined random partitions."""
+    b, _, h, w = images.shape
+    dev = images.device
+    target = target.to(dev)
+    blank = torch.full_like(images, blackbox.mask_value)
+    probs = blackbox.probabilities(torch.cat([images, blank]))
+    reference = probs[:b].gather(1, target[:, None])[:, 0]
+    full_ok = passes(probs[:b], target, reference, confidence_filter)
+    empty_ok = passes(probs[b:], target, reference, confidence_filter)
+
+    n_search = b * n_partitions
+    image_of = torch.arange(n_search, device=dev) // n_partitions
+    tasks = _Tasks(
+        search=torch.arange(n_search, device=dev),
+        context=torch.zeros(n_search, h, w, dtype=torch.bool, device=dev),
+        box=torch.tensor([0, h, 0, w]).repeat(n_search, 1),
+        empty_pass=empty_ok[image_of],
+        full_pass=full_ok[image_of],
+    )
+    work = torch.zeros(n_search, dtype=torch.long, device=dev)
+    diff = torch.zeros(b, h + 1, w + 1, dtype=torch.float64, device=dev)
+    mutant_visible = VISIBLE[MUTANT_SUBSETS].to(dev)
+    per_call = max(1, blackbox.max_batch // len(MUTANT_SUBSETS))
+
+    while tasks.search.numel() > 0:
+        children = split_boxes(tasks.box, generator, distribution, dist_args)
+        mutant_pass = []
+        for start in range(0, len(children), per_call):
+            sl = slice(start, start + per_call)
+            parts = box_masks(children[sl], h, w, dev)
+            visible = tasks.context[sl, None] | (mutant_visible[None, :, :, None, None] & parts[:, None]).any(2)
+            img = image_of[tasks.search[sl]].repeat_interleave(len(MUTANT_SUBSETS))
+            p = blackbox.masked_probabilities(images, img, visible.flatten(0, 1))
+            mutant_pass.append(passes(p, target[img], reference[img], confidence_filter).view(-1, len(MUTANT_SUBSETS)))
+        outcomes = subset_outcomes(torch.cat(mutant_pass), tasks.empty_pass, tasks.full_pass)
+        resp = responsibility(outcomes, rule)
+
+        area = box_area(children).to(dev)
+        img = image_of[tasks.search].repeat_interleave(N_PARTS)
+        _add_boxes(diff, img, children.flatten(0, 1), (resp / area.clamp(min=1)).flatten())
+
+        work.index_add_(0, tasks.search, torch.full_like(tasks.search, len(MUTANT_SUBSETS)))
+        go_on = resp.amax(1) - resp.amin(1) > 1e-12
+        if work_budget is not None:
+            go_on &= work[tasks.search] < work_budget
+        tasks = _next_tasks(tasks, children, area, outcomes, go_on, queue_len, min_size, h, w)
+
+    return (diff.cumsum(1).cumsum(2)[:, :h, :w] / n_partitions).float()
+
+
+def _next_tasks(
+    tasks: _Tasks, children: Tensor, area: Tensor, outcomes: Tensor, go_on: Tensor, queue_len: int, min_size: int,
+    h: int, w: int,
+) -> _Tasks:
+    """Algorithm 2, lines 5-8 with section 5.2: queue the `queue_len` smallest passing mutants of each search
+    and refine each of their superpixels while the others stay at their original values."""
+    dev = tasks.context.device
+    subsets = MUTANT_SUBSETS.to(dev)
+    vis = VISIBLE.to(dev)[subsets]
+    t_count = len(children)
+    cand = outcomes[:, subsets] & go_on[:, None] & ((area[:, None, :] > 0) | ~vis[None]).all(2)
+    size = tasks.context.flatten(1).sum(1)[:, None] + area @ vis.long().T
+    key = torch.where(cand, size, torch.iinfo(torch.long).max).flatten()
+    search = tasks.search[:, None].expand(-1, len(subsets)).flatten()
+    order = torch.argsort(key, stable=True)
+    order = order[torch.argsort(search[order], stable=True)]
+    grouped = search[order]
+    first = torch.searchsorted(grouped, grouped, side="left")
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=dev) - first
+    chosen = (cand.flatten() & (rank < queue_len)).view(t_count, len(subsets))
+
+    t_idx, s_idx = chosen.nonzero(as_tuple=True)
+    subset = subsets[s_idx]
+    pair, part = vis[s_idx].nonzero(as_tuple=True)
+    t_idx, subset = t_idx[pair], subset[pair]
+    new_box = children.to(dev)[t_idx, part]
+    keep = box_area(new_box) >= min_size
+    t_idx, subset, part, new_box = t_idx[keep], subset[keep], part[keep], new_box[keep]
+    held = VISIBLE.to(dev)[subset].clone()
+    held[torch.arange(len(t_idx), device=dev), part] = False
+    parts = box_masks(children.to(dev)[t_idx], h, w, dev)
+    context = tasks.context[t_idx] | (parts & held[:, :, None, None]).any(1)
+    return _Tasks(
+        search=tasks.search[t_idx],
+        context=context,
+        box=new_box.cpu(),
+        empty_pass=outcomes[t_idx, subset ^ (1 << part)],
+        full_pass=outcomes[t_idx, subset],
+    )

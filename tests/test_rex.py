@@ -1,0 +1,147 @@
+"""ReX: responsibility (Def. 4.4 / Alg. 1) on hand-made black boxes, refinement, extraction, determinism."""
+import pytest
+import torch
+from torch import nn
+
+import attribution
+import rex
+from rex.blackbox import BlackBox
+from rex.responsibility import VISIBLE, responsibility
+from rex.search import responsibility_map
+
+H = W = 16
+# four quadrants of a 16 x 16 image; regions A and B sit inside quadrants 0 and 3
+REGION_A = (slice(1, 4), slice(1, 4))
+REGION_B = (slice(10, 13), slice(10, 13))
+
+
+class RegionModel(nn.Module):
+    """Class 1 iff regions A and/or B are visible (bright), else class 0."""
+
+    def __init__(self, need_both: bool) -> None:
+        super().__init__()
+        self.need_both = need_both
+
+    def forward(self, x):
+        a = x[:, :, REGION_A[0], REGION_A[1]].amin((1, 2, 3)) > 0.5
+        b = x[:, :, REGION_B[0], REGION_B[1]].amin((1, 2, 3)) > 0.5
+        on = (a & b) if self.need_both else (a | b)
+        return torch.stack([(~on).float(), on.float()], 1) * 4
+
+
+def _image():
+    x = torch.full((1, 3, H, W), 0.2)
+    x[:, :, REGION_A[0], REGION_A[1]] = 1.0
+    x[:, :, REGION_B[0], REGION_B[1]] = 1.0
+    return x
+
+
+def _quadrant_outcomes(model):
+    """Outcomes of all 16 visible-quadrant subsets under the quadrant partition (bit j = quadrant j)."""
+    x = _image()
+    quads = torch.zeros(4, H, W, dtype=torch.bool)
+    quads[0, :8, :8] = quads[1, :8, 8:] = quads[2, 8:, :8] = quads[3, 8:, 8:] = True
+    visible = (VISIBLE[:, :, None, None] & quads[None]).any(1)
+    probs = BlackBox(model).masked_probabilities(x, torch.zeros(16, dtype=torch.long), visible)
+    return (probs.argmax(1) == 1)[None]
+
+
+def test_responsibility_either_region_is_half():
+    r = responsibility(_quadrant_outcomes(RegionModel(need_both=False)))
+    assert torch.allclose(r, torch.tensor([[0.5, 0.0, 0.0, 0.5]]))
+
+
+def test_responsibility_both_regions_needed_is_one():
+    r = responsibility(_quadrant_outcomes(RegionModel(need_both=True)))
+    assert torch.allclose(r, torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
+
+
+def test_tool_rule_gives_one_over_subset_size():
+    # need both: passing non-trivial subsets are {0,3}, {0,1,3}, {0,2,3}
+    r = responsibility(_quadrant_outcomes(RegionModel(need_both=True)), rule="tool")
+    assert torch.allclose(r, torch.tensor([[0.5 + 2 / 3, 1 / 3, 1 / 3, 0.5 + 2 / 3]]))
+
+
+def test_single_necessary_superpixel():
+    outcomes = VISIBLE[:, 2][None]  # class kept iff superpixel 2 is visible
+    assert torch.allclose(responsibility(outcomes), torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_map_concentrates_on_the_regions():
+    bb = BlackBox(RegionModel(need_both=True), max_batch=64)
+    maps = responsibility_map(bb, _image(), torch.tensor([1]), torch.Generator().manual_seed(0), n_partitions=8)
+    region = torch.zeros(H, W, dtype=torch.bool)
+    region[REGION_A] = region[REGION_B] = True
+    assert maps[0][region].mean() > 3 * maps[0][~region].mean()
+    # all mutants of a level share calls: far fewer calls than mutants
+    assert bb.images > 10 * bb.calls
+
+
+def test_work_budget_limits_the_search():
+    full, capped = BlackBox(RegionModel(False)), BlackBox(RegionModel(False))
+    g = torch.Generator
+    responsibility_map(full, _image(), torch.tensor([1]), g().manual_seed(0), n_partitions=4)
+    responsibility_map(capped, _image(), torch.tensor([1]), g().manual_seed(0), n_partitions=4, work_budget=14)
+    assert capped.images == 2 + 4 * 14 < full.images
+
+
+def test_extraction_is_sufficient_and_minimal_in_prefix_order():
+    model = RegionModel(need_both=True)
+    x = _image()
+    maps = torch.rand(1, H, W, generator=torch.Generator().manual_seed(3))
+    ex = rex.extract(BlackBox(model), x, maps, torch.tensor([1]), candidates=4)
+    assert ex.found.all()
+    rank = rex.pixel_rank(maps)[0]
+    keep = ex.mask[0, 0].flatten()
+    k = int(keep.sum())
+    assert torch.equal(keep, rank < k)  # a prefix of the ranking
+    masked = torch.where(ex.mask, x, 0.0)
+    assert model(masked).argmax(1).item() == 1  # sufficient
+    shorter = torch.where((rank < k - 1).view(1, 1, H, W), x, 0.0)
+    assert model(shorter).argmax(1).item() == 0  # one pixel less fails
+    # the region pixels are the last of A and B in the ranking: the minimal prefix ends at the last one
+    region = torch.zeros(H, W, dtype=torch.bool)
+    region[REGION_A] = region[REGION_B] = True
+    assert k == int(rank[region.flatten()].max()) + 1
+
+
+def test_extraction_ties_are_deterministic():
+    maps = torch.zeros(1, H, W)
+    assert torch.equal(rex.pixel_rank(maps)[0], torch.arange(H * W))
+
+
+def test_multiple_explanations_are_disjoint():
+    model = RegionModel(need_both=False)
+    x = _image()
+    maps = torch.zeros(1, H, W)
+    maps[0][REGION_A] = 2.0
+    maps[0][REGION_B] = 1.0
+    mx = rex.multiple_explanations(BlackBox(model), x, maps, torch.tensor([1]), k=3)
+    assert mx.found[0].tolist() == [True, True, False]
+    a, b = mx.mask[0, 0, 0], mx.mask[0, 1, 0]
+    assert a[REGION_A].all() and a.sum() == 9 and b[REGION_B].all() and not (a & b).any()
+
+
+def test_rex_is_deterministic_and_registered():
+    model = RegionModel(need_both=True)
+    x = _image().repeat(2, 1, 1, 1)
+    r1 = rex.ReX(n_partitions=4, seed=5).explain(model, x)
+    r2 = rex.ReX(n_partitions=4, seed=5, max_batch=7).explain(model, x)
+    assert torch.equal(r1.maps, r2.maps) and torch.equal(r1.explanations, r2.explanations)
+    assert r1.model_calls < r2.model_calls
+    assert not torch.equal(r1.maps, rex.ReX(n_partitions=4, seed=6).explain(model, x).maps)
+    spec = attribution.get("rex")
+    assert spec.access == "black"
+    maps = spec.fn(model, x, n_partitions=4, seed=5)
+    assert maps.shape == (2, H, W) and torch.equal(maps, r1.maps)
+    with pytest.raises(TypeError):
+        spec.fn(model, x, iterations=3)
+
+
+def test_split_distributions_produce_partitions():
+    boxes = torch.tensor([[0, 16, 0, 16], [3, 9, 2, 30]])
+    for dist, args in (("uniform", ()), ("binom", (0.5,)), ("betabinom", (2.0, 2.0))):
+        children = rex.split_boxes(boxes, torch.Generator().manual_seed(0), dist, args)
+        masks = rex.box_masks(children, 40, 40)
+        assert torch.equal(masks.sum(1), rex.box_masks(boxes, 40, 40).long())  # disjoint cover of the parent
+        assert (rex.box_area(children) > 0).all()
