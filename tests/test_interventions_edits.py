@@ -1,0 +1,131 @@
+"""Built-in interventions on tiny hand-made images: x = 0 identity, x = 1 full effect, pixels outside the mask kept."""
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import write_png
+
+from datamodules import CueConfig, SyntheticScenes
+from interventions import (
+    AlphaBlend,
+    BackgroundReplacement,
+    Brightness,
+    CueStrength,
+    HueShift,
+    PrecomputedSequence,
+    hsv_to_rgb,
+    load_sequences,
+    rgb_to_hsv,
+)
+
+
+def _image():
+    """One 2x2 image: pixel (0,0) red, (0,1) grey 0.2, (1,0) blue-ish, (1,1) white; mask = top row."""
+    img = torch.tensor([[[1.0, 0.2], [0.1, 1.0]], [[0.0, 0.2], [0.2, 1.0]], [[0.0, 0.2], [0.8, 1.0]]])[None]
+    mask = torch.tensor([[True, True], [False, False]])[None, None]
+    return img, mask
+
+
+def test_alpha_blend_colour_and_texture():
+    img, mask = _image()
+    edit = AlphaBlend(mask, (0.0, 1.0, 0.5))
+    assert torch.equal(edit(img, 0.0), img)
+    full = edit(img, 1.0)
+    assert torch.allclose(full[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.allclose(full[0, :, 0, 1], torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.equal(full[..., 1, :], img[..., 1, :])
+    half = edit(img, 0.5)
+    assert torch.allclose(half[0, :, 0, 1], torch.tensor([0.1, 0.6, 0.35]))
+    texture = torch.arange(12, dtype=torch.float32).view(3, 2, 2) / 12
+    patched = AlphaBlend(mask, texture)(img, 1.0)
+    assert torch.equal(patched[0, :, 0], texture[:, 0]) and torch.equal(patched[..., 1, :], img[..., 1, :])
+
+
+def test_per_image_x():
+    img, mask = _image()
+    batch, masks = img.repeat(2, 1, 1, 1), mask.repeat(2, 1, 1, 1)
+    out = AlphaBlend(masks, (0.0, 0.0, 0.0))(batch, torch.tensor([0.0, 1.0]))
+    assert torch.equal(out[0], img[0])
+    assert torch.equal(out[1, :, 0], torch.zeros(3, 2)) and torch.equal(out[1, :, 1], img[0, :, 1])
+    with pytest.raises(ValueError):
+        AlphaBlend(masks, (0.0, 0.0, 0.0))(batch, torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_background_replacement():
+    img, fg = _image()
+    edit = BackgroundReplacement(fg, (0.5, 0.5, 0.5))
+    assert torch.equal(edit(img, 0.0), img)
+    full = edit(img, 1.0)
+    assert torch.equal(full[..., 0, :], img[..., 0, :])
+    assert torch.equal(full[..., 1, :], torch.full((1, 3, 2), 0.5))
+
+
+def test_brightness():
+    img, mask = _image()
+    dark = Brightness(mask, 0.0)
+    assert torch.equal(dark(img, 0.0), img)
+    assert torch.equal(dark(img, 1.0)[..., 0, :], torch.zeros(1, 3, 2))
+    assert torch.allclose(dark(img, 0.5)[0, :, 0, 1], torch.tensor([0.1, 0.1, 0.1]))
+    bright = Brightness(mask, 2.0)(img, 1.0)
+    assert torch.allclose(bright[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))  # red saturates at 1
+    assert torch.allclose(bright[0, :, 0, 1], torch.tensor([0.4, 0.4, 0.4]))
+    assert torch.equal(bright[..., 1, :], img[..., 1, :])
+
+
+def test_hue_shift():
+    img, mask = _image()
+    third = HueShift(mask, 1 / 3)
+    assert torch.allclose(third(img, 0.0), img, atol=1e-6)
+    full = third(img, 1.0)
+    assert torch.allclose(full[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)  # red -> green
+    assert torch.allclose(full[0, :, 0, 1], img[0, :, 0, 1], atol=1e-6)  # grey has no hue
+    assert torch.allclose(full[..., 1, :], img[..., 1, :], atol=1e-6)
+    assert torch.allclose(HueShift(mask, 0.5)(img, 1.0)[0, :, 0, 0], torch.tensor([0.0, 1.0, 1.0]), atol=1e-6)
+
+
+def test_hsv_matches_colorsys():
+    colours = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    hsv = rgb_to_hsv(colours)
+    expected = [colorsys.rgb_to_hsv(*colours[0, :, i, j].tolist()) for i in range(5) for j in range(7)]
+    assert torch.allclose(hsv[0].permute(1, 2, 0).reshape(-1, 3), torch.tensor(expected), atol=1e-5)
+    assert torch.allclose(hsv_to_rgb(hsv), colours, atol=1e-6)
+
+
+def test_cue_strength_equals_the_datamodule_render():
+    scenes = SyntheticScenes("test", 3, img_size=16, cue=CueConfig(kind="patch"), progress=False)
+    edit = CueStrength.from_dataset(scenes, [0, 2])
+    images = torch.stack([scenes[0]["image"], scenes[2]["image"]])
+    for a in (0.0, 0.3, 1.0):
+        rendered = torch.stack([scenes.render(i, cue_strength=a)["image"] for i in (0, 2)])
+        assert torch.allclose(edit(images, a), rendered, atol=1 / 255 + 1e-6)  # both renders round to 8 bit
+    mask = torch.stack([scenes.render(i)["cue_mask"] for i in (0, 2)]).expand_as(images)
+    assert torch.equal(edit(images, 1.0)[~mask], edit(images, 0.0)[~mask])
+    assert torch.allclose(edit(images, 1.0).permute(0, 2, 3, 1)[mask[:, 0]], scenes.cue_color.expand(int(mask[:, 0].sum()), 3))
+
+
+def test_precomputed_sequence_interpolates_frames():
+    frames = torch.linspace(0, 1, 5).view(1, 5, 1, 1, 1).expand(2, 5, 3, 2, 2).clone()
+    frames[1] = 1 - frames[1]
+    seq = PrecomputedSequence(frames)
+    images = torch.zeros(2, 3, 2, 2)
+    assert torch.equal(seq(images, 0.25), frames[:, 1])
+    assert torch.equal(seq(images, 1.0), frames[:, 4])
+    assert torch.allclose(seq(images, 0.375), (frames[:, 1] + frames[:, 2]) / 2)
+    assert seq.num_steps == 5
+
+
+def test_load_sequences_formats(tmp_path):
+    frames = torch.randint(0, 256, (2, 3, 3, 4, 4), dtype=torch.uint8)
+    np.savez(tmp_path / "seq.npz", frames=frames.numpy(), x=np.array([0.0, 0.25, 1.0]))
+    torch.save({"frames": frames.float() / 255}, tmp_path / "seq.pt")
+    for i in range(2):
+        for k in range(3):
+            (tmp_path / "frames" / f"img{i}").mkdir(parents=True, exist_ok=True)
+            write_png(frames[i, k], str(tmp_path / "frames" / f"img{i}" / f"{k:03d}.png"))
+    expected = frames.float() / 255
+    npz = load_sequences(tmp_path / "seq.npz")
+    assert torch.equal(npz.frames, expected) and torch.equal(npz.x, torch.tensor([0.0, 0.25, 1.0]))
+    assert torch.equal(load_sequences(tmp_path / "seq.pt").frames, expected)
+    assert torch.equal(load_sequences(tmp_path / "frames").frames, expected)
+    assert torch.equal(npz(torch.zeros(2, 3, 4, 4), 0.25), expected[:, 1])
