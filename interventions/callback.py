@@ -1,4 +1,13 @@
-"""Evaluation callback: gradual-intervention test of the trained classifier on fixed test images, per property."""
+"""Evaluation callback: gradual-intervention test of the trained classifier on fixed test images, per property.
+
+Images are the first `num_images` items of the datamodule's `data_<split>` whose label is not in `exclude_classes`;
+they are sharded across ranks (rank::world_size) and the per-image results gathered with all_gather (padded to equal
+shard sizes). Logged per property P on rank 0: `intervention/P/gradient_mean`, `.../significant_frac`,
+`.../flip_rate` to every attached logger, and a plot of prediction vs x for `num_plot` images with the intervention
+strip of the first image (to W&B if a WandbLogger is attached; otherwise a PNG plus a JSON of per-image results under
+`<trainer.log_dir>/interventions/`). Results also stay in `callback.results[P]`. Properties are names from
+`interventions.PROPERTIES` or a dict name -> factory(batch, dataset) -> intervention; the batch carries `index`.
+"""
 from __future__ import annotations
 
 import json
@@ -20,14 +29,7 @@ _COLUMNS = ("index", "gradient", "p_value", "significant", "flip_count", "flippe
 
 
 class GradualInterventionCallback(L.Callback):
-    """After fit/test: Algorithm 1 and E_x|dF/dx| per property on fixed test images; logs means, fractions, plots.
-
-    Images are the first `num_images` items of the datamodule's `data_<split>` whose label is not in
-    `exclude_classes`; they are sharded across ranks (rank::world_size) and the results gathered with all_gather.
-    Logged per property P: `intervention/P/gradient_mean`, `.../significant_frac`, `.../flip_rate`, and a plot of
-    prediction vs x for `num_plot` images (to W&B if a WandbLogger is attached, else a PNG under the trainer's log
-    dir, together with a JSON of the per-image results). Results also stay in `self.results[P]`.
-    """
+    """After fit/test: Algorithm 1 and E_x|dF/dx| per property on fixed test images (poster sections 3-4)."""
 
     def __init__(
         self,
@@ -159,7 +161,8 @@ class GradualInterventionCallback(L.Callback):
         )
         wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if wandb:
-            wandb[0].log_image(key=f"intervention/{name}/curves", images=[figure_to_array(fig)], step=trainer.global_step)
+            key = f"intervention/{name}/curves"
+            wandb[0].log_image(key=key, images=[figure_to_array(fig)], step=trainer.global_step)
             return
         out = log_dir / "interventions"
         out.mkdir(parents=True, exist_ok=True)

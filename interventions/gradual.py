@@ -1,4 +1,10 @@
-"""One call from (model, images, intervention) to per-image property gradient, Algorithm 1 p-value and flips."""
+"""One call from (model, images, intervention) to per-image property gradient, Algorithm 1 p-value and flips.
+
+`num_steps` defaults to the intervention's own `num_steps` (precomputed sequences) or 100. The tracked class is
+`target` if given, else the argmax on the original images (`reference="original"`) or on I_0 (`"start"`).
+`autograd=True` adds the jvp property gradient (the intervention must be differentiable in x). The model is used as
+given: put it in eval mode first. S (`gradient`) is the finite-difference property gradient per unit x.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,13 +72,7 @@ def gradual_intervention_test(
     autograd: bool = False,
     batch_size: int = 256,
 ) -> GradualInterventionResult:
-    """Poster sections 3-4: F(I_x) on N equidistant x, E_x|dF/dx|, Algorithm 1 (K permutations, p < delta), flips.
-
-    `num_steps` defaults to the intervention's own `num_steps` (precomputed sequences) or 100. The tracked class is
-    `target` if given, else the argmax on the original images (`reference="original"`) or on I_0 (`"start"`).
-    `autograd=True` adds the jvp property gradient (intervention must be differentiable in x). The model is used as
-    given: put it in eval mode first.
-    """
+    """Poster sections 3-4: F(I_x) on N equidistant x, E_x|dF/dx|, Algorithm 1 (K permutations, p < delta), flips."""
     num_steps = num_steps or getattr(intervention, "num_steps", 100)
     x = intervention_grid(num_steps, device=images.device)
     if target is None:

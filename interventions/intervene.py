@@ -1,9 +1,21 @@
-"""Gradual interventions I_x = intervene(images, x), x in [0, 1]: x = 0 leaves the property as it is, x = 1 is the full edit.
+"""Gradual interventions I_x = intervene(images, x), x in [0, 1]: x = 0 leaves the property as is, x = 1 = full edit.
 
 Protocol: any callable `intervene(images, x) -> images` with images (B, 3, H, W) in [0, 1] and x a float, a 0-d tensor
 or a (B,) tensor (one realisation per image). Built-ins bind their per-image masks at construction, so they expect the
 same batch (same B, same order) at every call. They are smooth in x (up to clamping), so forward-mode autograd through
 x works for them (poster section 3).
+
+CueStrength ignores the content of `images` (only shape, device and dtype are used): I_x = base (1 - x m) + x m c with
+base the cue-free (8-bit) render, m the cue mask, c the cue colour: the datamodule's blend, equal to
+`dataset.render(i, cue_strength=x)` up to its 8-bit rounding (at most 1/255), and smooth in x.
+
+Precomputed sequences (load_sequences): `.npz` with array `frames` (B, N, 3, H, W), float in [0, 1] or uint8, and
+optional `x` (N,); `.pt` holding that tensor or a dict {"frames": ..., "x": ...} (loaded with weights_only=True); or a
+folder with one sub-folder per image, each holding its N frames as image files in name order (all the same count and
+size), or the N frames directly in the folder (B = 1), with an optional `x.txt` (one value per line) for the grid.
+Default grid: N equidistant x in [0, 1]. I_x interpolates linearly between the two frames whose grid values enclose x
+(exact on the grid, piecewise linear in x); the input images are ignored except for batch size, device and dtype;
+`num_steps` = N so that the test evaluates the stored frames exactly.
 """
 from __future__ import annotations
 
@@ -40,7 +52,7 @@ def _as_source(source: Tensor | tuple[float, float, float], like: Tensor) -> Ten
 
 
 class AlphaBlend:
-    """Blend a colour/patch/texture into a masked region: I_x = I (1 - x m) + x m s (poster section 2, patch interventions)."""
+    """Blend a colour/patch/texture into a masked region: I_x = I (1 - x m) + x m s (poster sec. 4, colourful patch)."""
 
     def __init__(self, mask: Tensor, source: Tensor | tuple[float, float, float]) -> None:
         self.mask = mask
@@ -52,14 +64,14 @@ class AlphaBlend:
 
 
 class BackgroundReplacement(AlphaBlend):
-    """Fade the background (pixels outside the foreground mask) into a new colour/texture (poster section 4, background)."""
+    """Fade the background (outside the foreground mask) into a new colour/texture (poster section 4, background)."""
 
     def __init__(self, foreground_mask: Tensor, background: Tensor | tuple[float, float, float]) -> None:
         super().__init__(~foreground_mask.bool(), background)
 
 
 class Brightness:
-    """Scale brightness inside a mask: I_x = clamp(I (1 + x (factor - 1) m), 0, 1); factor 0 darkens to black (dark fur)."""
+    """Scale brightness in a mask: I_x = clamp(I (1 + x (factor - 1) m), 0, 1); factor 0 darkens to black (dark fur)."""
 
     def __init__(self, mask: Tensor, factor: float) -> None:
         self.mask = mask
@@ -78,12 +90,13 @@ def rgb_to_hsv(images: Tensor) -> Tensor:
     safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
     hue = torch.stack([(g - b) / safe, (b - r) / safe + 2, (r - g) / safe + 4], 1).gather(1, argmax[:, None])[:, 0]
     hue = torch.where(chroma > 0, torch.remainder(hue / 6, 1.0), torch.zeros_like(hue))
-    sat = torch.where(value > 0, chroma / torch.where(value > 0, value, torch.ones_like(value)), torch.zeros_like(value))
+    safe_value = torch.where(value > 0, value, torch.ones_like(value))
+    sat = torch.where(value > 0, chroma / safe_value, torch.zeros_like(value))
     return torch.stack([hue, sat, value], 1)
 
 
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """(B, 3, H, W) HSV (hue in [0, 1)) back to RGB: channel n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6."""
+    """(B, 3, H, W) HSV (hue in [0, 1)) to RGB: channel n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6."""
     hue, sat, value = hsv[:, 0:1], hsv[:, 1:2], hsv[:, 2:3]
     n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(1, 3, 1, 1)
     k = torch.remainder(n + 6 * hue, 6)
@@ -105,12 +118,7 @@ class HueShift:
 
 
 class CueStrength:
-    """The synthetic scenes' spurious cue set to strength x: do(a := x) on the cue-free render (datamodules.scenes blend).
-
-    Ignores the content of `images` (only their shape, device and dtype are used): I_x = base (1 - x m) + x m c with
-    base the cue-free (8-bit) render, m the cue mask, c the cue colour: the datamodule's blend, equal to
-    `dataset.render(i, cue_strength=x)` up to its 8-bit rounding (at most 1/255), and smooth in x.
-    """
+    """The synthetic scenes' spurious cue at strength x: do(a := x) on the cue-free render (scenes' blend)."""
 
     def __init__(self, base: Tensor, cue_mask: Tensor, cue_color: Tensor | tuple[float, float, float]) -> None:
         self.base = base
@@ -131,12 +139,7 @@ class CueStrength:
 
 
 class PrecomputedSequence:
-    """Intervention sequences made elsewhere (e.g. a diffusion editor): frames (B, N, 3, H, W) at grid x (N,), increasing.
-
-    I_x is the linear interpolation between the two frames whose grid values enclose x (exact on the grid), so it is
-    piecewise linear and differentiable in x. The input images are ignored except for their batch size, device and
-    dtype. `num_steps` = N: evaluating on the stored grid uses the frames exactly.
-    """
+    """Sequences made elsewhere (e.g. a diffusion editor, poster section 2): frames (B, N, 3, H, W) at increasing x."""
 
     def __init__(self, frames: Tensor, x: Tensor | None = None) -> None:
         if frames.dim() != 5 or frames.shape[2] != 3:
@@ -170,13 +173,7 @@ def _read_frames(folder: Path) -> Tensor:
 
 
 def load_sequences(path: str | Path) -> PrecomputedSequence:
-    """Load precomputed intervention sequences (B, N, 3, H, W) from .npz, .pt or a folder of frames (section 2 sources).
-
-    Formats: `.npz` with array `frames` (B, N, 3, H, W), float in [0, 1] or uint8, and optional `x` (N,);
-    `.pt` holding that tensor or a dict {"frames": ..., "x": ...} (loaded with weights_only=True);
-    a folder with one sub-folder per image, each holding its N frames as image files in name order (all the same
-    count and size), or the N frames directly (B = 1); an optional `x.txt` (one value per line) gives the grid.
-    """
+    """Load sequences (B, N, 3, H, W) from .npz, .pt or a folder of frames (poster section 2; format: module doc)."""
     path = Path(path)
     x = None
     if path.is_dir():

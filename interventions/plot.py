@@ -31,7 +31,7 @@ def plot_prediction_curve(
     title: str | None = None,
     ylabel: str = "p(predicted class)",
 ) -> Figure:
-    """Prediction F(I_x) vs x for one curve (N,) or several (n, N), optionally with a strip of I_x thumbnails under it."""
+    """Prediction F(I_x) vs x for one curve (N,) or several (n, N), optionally with I_x thumbnails under it."""
     curves = curves.detach().float().cpu().reshape(-1, curves.shape[-1])
     x = x.detach().float().cpu()
     n_thumbs = 0 if strip is None else strip.shape[0]

@@ -1,4 +1,4 @@
-"""Named properties of the synthetic scenes: factories (batch, dataset) -> intervention, for the callback and configs."""
+"""Named properties of the synthetic scenes: factories (batch, dataset) -> intervention, for callback and configs."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -19,7 +19,8 @@ def object_fade(batch: dict[str, Tensor], dataset: Any) -> Intervention:
     """Fade the target object into its image's mean background colour: the shape, a real cause, disappears at x = 1."""
     mask = batch["mask"].float()
     background = 1 - mask
-    mean_bg = (batch["image"] * background).sum((2, 3), keepdim=True) / background.sum((2, 3), keepdim=True).clamp_min(1)
+    area = background.sum((2, 3), keepdim=True).clamp_min(1)
+    mean_bg = (batch["image"] * background).sum((2, 3), keepdim=True) / area
     return AlphaBlend(batch["mask"], mean_bg)
 
 

@@ -58,7 +58,7 @@ def finite_difference_gradient(curve: Tensor, x: Tensor) -> Tensor:
 
 
 def property_gradient(curve: Tensor, x: Tensor) -> Tensor:
-    """E_x[|dF(I_x)/dx|] (...) from the ordered predictions (..., N) by finite differences (poster section 3, eq. (*))."""
+    """E_x[|dF(I_x)/dx|] (...) from ordered predictions (..., N) by finite differences (poster section 3, eq. (*))."""
     return finite_difference_gradient(curve, x).abs().mean(-1)
 
 

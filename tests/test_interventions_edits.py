@@ -101,7 +101,8 @@ def test_cue_strength_equals_the_datamodule_render():
         assert torch.allclose(edit(images, a), rendered, atol=1 / 255 + 1e-6)  # both renders round to 8 bit
     mask = torch.stack([scenes.render(i)["cue_mask"] for i in (0, 2)]).expand_as(images)
     assert torch.equal(edit(images, 1.0)[~mask], edit(images, 0.0)[~mask])
-    assert torch.allclose(edit(images, 1.0).permute(0, 2, 3, 1)[mask[:, 0]], scenes.cue_color.expand(int(mask[:, 0].sum()), 3))
+    cue_pixels = edit(images, 1.0).permute(0, 2, 3, 1)[mask[:, 0]]
+    assert torch.allclose(cue_pixels, scenes.cue_color.expand_as(cue_pixels))
 
 
 def test_precomputed_sequence_interpolates_frames():

@@ -81,7 +81,8 @@ def test_null_distribution_and_p_match_scipy_exact():
     ref = stats.permutation_test((seq,), _scipy_stat(h), permutation_type="pairings", n_resamples=10_000,
                                  vectorized=True)
     assert ref.null_distribution.shape == (720,)  # all 6! orders: exact null
-    ours = permutation_test(torch.tensor(seq)[None], num_permutations=20_000, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    ours = permutation_test(torch.tensor(seq)[None], num_permutations=20_000, generator=g)
     assert ours.statistic.item() == pytest.approx(ref.statistic)
     assert _ks_distance(ours.null[0].numpy(), ref.null_distribution) < 0.015  # DKW: 99% band for 20k draws
     exact_p = centred_p_value(torch.tensor([ref.statistic]), torch.tensor(ref.null_distribution)[None]).item()
