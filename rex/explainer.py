@@ -18,7 +18,8 @@ from rex.search import responsibility_map
 @dataclass
 class ReXConfig:
     """Section 6.1 defaults: N = 20 partitions of 4 boxes, minimum superpixel 10 px, "area" queue of length 1,
-    uniform split points, mask value 0."""
+    uniform split points, mask value 0. `max_batch` None = 16 mutants per model call on CPU (small batches
+    stay in cache: measured 2x faster per mutant than 512 for a small CNN), 1024 on an accelerator."""
 
     n_partitions: int = 20
     min_size: int = 10
@@ -34,7 +35,7 @@ class ReXConfig:
     n_explanations: int = 1
     overlap: float = 0.0
     separation: int = 0
-    max_batch: int = 512
+    max_batch: int | None = None
     seed: int = 0
 
 
@@ -69,7 +70,8 @@ class ReX:
         """Algorithm 3 for a batch of images (B, 3, H, W) in [0, 1]; `target` defaults to the predicted class."""
         cfg = self.config
         start = time.perf_counter()
-        bb = BlackBox(model, cfg.max_batch, cfg.mask_value)
+        max_batch = cfg.max_batch or (16 if images.device.type == "cpu" else 1024)
+        bb = BlackBox(model, max_batch, cfg.mask_value)
         probs = bb.probabilities(images)
         target = probs.argmax(1) if target is None else torch.as_tensor(target, device=images.device).long()
         target = target.to(images.device).expand(images.shape[0])
