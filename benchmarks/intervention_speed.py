@@ -5,6 +5,7 @@ python -m benchmarks.intervention_speed --out benchmarks/results/intervention_sp
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -71,7 +72,8 @@ def main() -> None:
         "",
         f"K = {k} permutations, N = {n} steps, {b} images of {args.img_size}x{args.img_size}; median of "
         f"{args.repeats} repeats after one warm-up. torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}.",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average when done: "
+        f"{os.getloadavg()[0]:.1f} (a shared machine: other jobs inflate these times).",
         "",
         "| what | wall time (s) | per image (ms) |",
         "|---|---:|---:|",
