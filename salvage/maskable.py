@@ -1,0 +1,77 @@
+"""Maskable classifier: forward(images, patch_mask) drops masked ViT patches exactly (ViT-Shapley's surrogate input)."""
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+
+def create_backbone(name: str, num_classes: int, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A timm model by name; an unknown name fails with the closest names timm knows."""
+    if not timm.is_model(name):
+        stem = name.split("_")[0]
+        close = timm.list_models(f"{stem}*")[:12]
+        raise ValueError(
+            f"unknown backbone {name!r}: timm has no such model. "
+            f"Models starting with {stem!r}: {', '.join(close) or 'none'} (see timm.list_models())."
+        )
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+
+
+class MaskableClassifier(nn.Module):
+    """Wraps a timm backbone: normalises [0, 1] images, and masks patches (ViT: attention; CNN: pixel baseline)."""
+
+    def __init__(
+        self, backbone: nn.Module, img_size: int | None = None, patch_size: int | None = None, mask_value: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), False)
+        self.is_vit = isinstance(backbone, VisionTransformer)
+        self.mask_value = mask_value
+        if self.is_vit:
+            if backbone.global_pool != "token":
+                raise ValueError(
+                    f"patch masking needs class-token pooling, but the ViT pools with {backbone.global_pool!r}; "
+                    "create it with global_pool='token'"
+                )
+            self.patch_grid = tuple(backbone.patch_embed.grid_size)
+            self.num_prefix_tokens = backbone.num_prefix_tokens
+        else:
+            if patch_size is None or img_size is None:
+                raise ValueError("a CNN backbone needs `img_size` and `patch_size` to define its patch grid for masking")
+            if img_size % patch_size:
+                raise ValueError(f"image size {img_size} is not divisible by patch_size {patch_size}")
+            self.patch_grid = (img_size // patch_size, img_size // patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_grid[0] * self.patch_grid[1]
+
+    def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, C) for images (B, 3, H, W) in [0, 1]; patch_mask (B, n_patches) bool, True = visible."""
+        if patch_mask is not None and patch_mask.shape != (images.shape[0], self.num_patches):
+            raise ValueError(
+                f"patch_mask must have shape (batch, {self.num_patches}) for patch grid {self.patch_grid}, "
+                f"got {tuple(patch_mask.shape)}"
+            )
+        if patch_mask is not None and not self.is_vit:
+            pixel_mask = self.pixel_mask(patch_mask, images.shape[-2:])
+            images = torch.where(pixel_mask, images, torch.full_like(images, self.mask_value))
+        x = (images - self.mean) / self.std
+        if patch_mask is None or not self.is_vit:
+            return self.backbone(x)
+        prefix = patch_mask.new_ones(patch_mask.shape[0], self.num_prefix_tokens)
+        keys = torch.cat([prefix, patch_mask.bool()], dim=1)[:, None, None, :]
+        return self.backbone.forward_head(self.backbone.forward_features(x, attn_mask=keys))
+
+    def pixel_mask(self, patch_mask: Tensor, size: tuple[int, int]) -> Tensor:
+        """Pixel mask (B, 1, H, W) bool of a patch mask (B, n_patches)."""
+        grid = patch_mask.view(-1, 1, *self.patch_grid).float()
+        return F.interpolate(grid, size=tuple(size), mode="nearest").bool()

@@ -1,0 +1,83 @@
+"""Maskable classifiers: exact patch removal for ViTs, pixel-baseline masking for CNNs, clear errors."""
+import pytest
+import torch
+
+from salvage import MaskableClassifier, build_classifier, create_backbone, fixed_fraction_masks, uniform_size_masks
+from tests.conftest import TINY_VIT
+
+
+def _perturb_masked(model, images, mask):
+    pixels = model.pixel_mask(mask, images.shape[-2:])
+    return torch.where(pixels, images, torch.rand_like(images))
+
+
+def test_vit_masked_patches_do_not_change_any_logit(tiny_classifier):
+    model = tiny_classifier.model
+    torch.manual_seed(1)
+    images = torch.rand(6, 3, 32, 32)
+    mask = uniform_size_masks(6, model.num_patches, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(images, mask)
+        after = model(_perturb_masked(model, images, mask), mask)
+        unmasked = model(_perturb_masked(model, images, mask))
+    assert (before - after).abs().max() <= 1e-5
+    assert (before - unmasked).abs().max() > 1e-3  # without the mask, the same edit does change the logits
+
+
+def test_vit_masking_equals_dropping_the_tokens(tiny_classifier):
+    """Attention masking of keys is the same as running the ViT on the visible tokens only."""
+    model = tiny_classifier.model
+    vit = model.backbone
+    images = torch.rand(1, 3, 32, 32)
+    mask = torch.zeros(1, model.num_patches, dtype=torch.bool)
+    mask[0, [0, 5, 6, 15]] = True
+    with torch.no_grad():
+        tokens = vit._pos_embed(vit.patch_embed((images - model.mean) / model.std))
+        keep = torch.cat([torch.ones(vit.num_prefix_tokens, dtype=torch.bool), mask[0]])
+        dropped = vit.forward_head(vit.norm(vit.blocks(tokens[:, keep])))
+        assert torch.allclose(model(images, mask), dropped, atol=1e-5)
+
+
+def test_all_visible_mask_equals_no_mask(tiny_classifier):
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        full = tiny_classifier.model(images)
+        masked = tiny_classifier.model(images, torch.ones(3, 16, dtype=torch.bool))
+    assert torch.allclose(full, masked, atol=1e-5)
+
+
+def test_cnn_masking_sets_pixels_to_the_baseline():
+    torch.manual_seed(0)
+    model = build_classifier("resnet10t", num_classes=4, img_size=32, patch_size=8).eval()
+    assert model.patch_grid == (4, 4) and not model.is_vit
+    images = torch.rand(2, 3, 32, 32)
+    mask = fixed_fraction_masks(2, 16, 0.5, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(images, mask)
+        after = model(_perturb_masked(model, images, mask), mask)
+        baseline = model(torch.where(model.pixel_mask(mask, (32, 32)), images, torch.zeros_like(images)))
+    assert (before - after).abs().max() <= 1e-5
+    assert torch.allclose(before, baseline, atol=1e-6)
+
+
+def test_mask_samplers_sizes():
+    g = torch.Generator().manual_seed(0)
+    masks = uniform_size_masks(20000, 16, g)
+    sizes = masks.sum(1)
+    assert sizes.min() == 0 and sizes.max() == 16
+    assert (torch.bincount(sizes, minlength=17).float() / 20000 - 1 / 17).abs().max() < 0.01
+    per_patch = masks[sizes == 8].float().mean(0)
+    assert (per_patch - 0.5).abs().max() < 0.05
+    assert (fixed_fraction_masks(5, 16, 0.25, g).sum(1) == 12).all()
+
+
+def test_bad_model_settings_fail_clearly():
+    with pytest.raises(ValueError, match="unknown backbone 'vit_tiny_patch99'.*vit_"):
+        create_backbone("vit_tiny_patch99", 3)
+    with pytest.raises(ValueError, match="class-token pooling"):
+        MaskableClassifier(create_backbone("vit_tiny_patch16_224", 3, img_size=32, global_pool="avg"))
+    with pytest.raises(ValueError, match="img_size.*patch_size"):
+        build_classifier("resnet10t", num_classes=4, img_size=32)
+    model = build_classifier(**{**TINY_VIT})
+    with pytest.raises(ValueError, match="patch_mask must have shape"):
+        model(torch.rand(2, 3, 32, 32), torch.ones(2, 7, dtype=torch.bool))

@@ -1,0 +1,170 @@
+"""train.py end to end on tiny settings: outputs, checkpoints, resume, pipeline, and errors before training."""
+import json
+import pickle
+
+import pytest
+import torch
+
+import train
+from salvage import ClassifierModule, SurrogateModule, load_checkpoint, stage_module
+from tests.conftest import tiny_stage_args
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cls")
+    return tmp, train.main(tiny_stage_args(tmp, "cls"))[0]
+
+
+def test_stage_writes_checkpoints_config_and_results(classifier_run):
+    tmp, results = classifier_run
+    run = tmp / "runs" / "cls"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["stage"] == "classifier" and saved["best_checkpoint"].endswith("best.ckpt")
+    assert set(saved["test"]) == {f"test/acc_masked_{p}" for p in (0, 25, 50, 75)}
+    assert all(0.0 <= v <= 1.0 for v in saved["test"].values())
+
+
+def test_checkpoint_reloads_with_weights_only_and_identical_logits(classifier_run):
+    tmp, results = classifier_run
+    path = results["best_checkpoint"]
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["stage"] == "classifier"
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    model = ClassifierModule(**hparams).eval()
+    model.load_state_dict(ckpt["state_dict"])
+    reloaded = stage_module(path, expect="classifier").eval()
+    images = torch.rand(4, 3, 32, 32)
+    mask = torch.rand(4, 16) < 0.5
+    with torch.no_grad():
+        assert torch.equal(model(images), reloaded(images))
+        assert torch.equal(model(images, mask), reloaded(images, mask))
+
+
+def test_run_killed_mid_epoch_resumes_from_last_checkpoint(tmp_path, monkeypatch):
+    steps = []
+    original = ClassifierModule.training_step
+
+    def step(self, batch, i):
+        if kill and self.global_step == 2:
+            raise KeyboardInterrupt("killed")
+        steps.append(i)
+        return original(self, batch, i)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", step)
+    args = tiny_stage_args(tmp_path, "kill", "classifier_synthetic", "--checkpoint_every_n_steps", "1")
+    kill = True
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        train.main(args + ["--trainer.max_epochs", "2"])
+    last = torch.load(tmp_path / "runs" / "kill" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2 and last["epoch"] == 0
+    steps.clear()
+    kill = False
+    results = train.main(args + ["--trainer.max_epochs", "2", "--ckpt_path", "last"])[0]
+    final = torch.load(results["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert final["global_step"] == 6, (final["global_step"], steps)
+    assert steps == [2, 0, 1, 2]  # the batch left of epoch 0, then the 3 of epoch 1
+
+
+def test_surrogate_starts_from_the_classifier_and_keeps_the_teacher_out(classifier_run, tmp_path):
+    _, cls = classifier_run
+    surrogate = SurrogateModule(classifier_ckpt=cls["best_checkpoint"], lr=1e-3)
+    surrogate.setup("fit")
+    classifier = stage_module(cls["best_checkpoint"]).eval()
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(surrogate.eval()(images), classifier(images))
+    assert not any(k.startswith("teacher") for k in surrogate.state_dict())
+    args = tiny_stage_args(tmp_path, "sur", "surrogate_synthetic", "--model.init_args.classifier_ckpt", cls["best_checkpoint"])
+    results = train.main(args)[0]
+    assert results["stage"] == "surrogate" and 0 <= results["test"]["test/agreement_top1"] <= 1
+    with pytest.raises(ValueError, match="is a surrogate checkpoint, but a classifier checkpoint is needed"):
+        SurrogateModule(classifier_ckpt=results["best_checkpoint"])
+    reloaded = stage_module(results["best_checkpoint"], expect="surrogate")
+    assert reloaded.hparams.backbone_spec["img_size"] == 32
+
+
+def test_pipeline_runs_stages_in_order_and_skips_finished_ones_on_resume(tmp_path, capsys):
+    stage_args = tiny_stage_args(tmp_path, "x")[6:]
+    cls_only = [a for a in stage_args if not a.startswith("--model")]
+    spec = tmp_path / "pipe.yaml"
+    spec.write_text(
+        "name: pipe\n"
+        f"run_root: {tmp_path / 'runs'}\n"
+        "pipeline:\n"
+        "  - name: classifier\n    config: classifier_synthetic\n"
+        "    overrides: {model.init_args.img_size: 32, model.init_args.backbone_kwargs: "
+        "'{\"patch_size\": 8, \"embed_dim\": 32, \"depth\": 2, \"num_heads\": 2, \"reg_tokens\": 4}'}\n"
+        "  - name: surrogate\n    config: surrogate_synthetic\n"
+        "    overrides: {model.init_args.classifier_ckpt: '{classifier}'}\n"
+    )
+    extra = ["--run_root", str(tmp_path / "runs")] + cls_only
+    results = train.main(["--config", str(spec)] + extra)
+    assert [r["stage"] for r in results] == ["classifier", "surrogate"]
+    assert (tmp_path / "runs" / "pipe" / "surrogate" / "results.json").is_file()
+    out = capsys.readouterr().out
+    assert "best ckpt" in out and "pipe/surrogate" in out
+    again = train.main(["--config", str(spec), "--ckpt_path", "last"] + extra)
+    assert "already finished" in capsys.readouterr().out and len(again) == 2
+
+
+def test_wandb_is_the_default_logger_and_runs_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert train.wandb_offline()
+    args = [a for a in tiny_stage_args(tmp_path, "wb") if a not in ("--wandb",)]
+    args.remove("false")
+    train.main(args)
+    assert list((tmp_path / "runs" / "wb" / "wandb").glob("offline-run-*"))
+
+
+def test_unknown_config_fails_at_once_and_lists_configs():
+    with pytest.raises(SystemExit, match="unknown config 'salvage_nothing'.*classifier_synthetic.yaml"):
+        train.main(["--config", "salvage_nothing"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--model.init_args.lr", "-0.1"], "lr must be positive"),
+        (["--model.init_args.backbone", "vit_nonexistent_1"], "unknown backbone"),
+        (["--model.init_args.num_classes", "4"], "model predicts 4 classes but the data has 6"),
+    ],
+)
+def test_invalid_values_fail_before_training(tmp_path, override, message, monkeypatch):
+    monkeypatch.setattr(train.L.Trainer, "fit", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises((ValueError, SystemExit), match=message):
+        train.main(tiny_stage_args(tmp_path, "bad") + override)
+
+
+def test_unknown_field_is_rejected_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(tiny_stage_args(tmp_path, "bad") + ["--model.init_args.learning_rate", "1"])
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    with pytest.raises(FloatingPointError, match="non-finite training loss.*Lower the learning rate"):
+        train.main(tiny_stage_args(tmp_path, "nan") + ["--model.init_args.lr", "1e30", "--trainer.gradient_clip_val", "0"])
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoints_with_code_or_of_the_wrong_kind_are_refused(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": {}, "hyper_parameters": {}, "x": _Evil()}, f)
+    with pytest.raises(ValueError, match="refusing to load .*not a plain Lightning checkpoint"):
+        load_checkpoint(evil)
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    with pytest.raises(ValueError, match="not a Lightning checkpoint"):
+        load_checkpoint(plain)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.ckpt")

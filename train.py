@@ -1,0 +1,207 @@
+"""Train one stage (`--config classifier_pet.yaml`) or a pipeline of stages (`--config quickstart.yaml`) with LightningCLI."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def available_configs() -> list[str]:
+    """Names of the configs shipped in configs/."""
+    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config(name: str) -> Path:
+    """A config path as given, or a bare name (with or without .yaml) looked up in configs/."""
+    candidates = [Path(name)]
+    if os.sep not in name:
+        candidates += [CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise SystemExit(
+        f"error: unknown config {name!r}: no such file, and configs/ has no {Path(name).stem}.yaml.\n"
+        f"Available configs: {', '.join(available_configs())}"
+    )
+
+
+def wandb_offline() -> bool:
+    """W&B stays offline unless the user set WANDB_MODE, an API key, or logged in (~/.netrc)."""
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path.home() / ".netrc"
+    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+class MidEpochCheckpoint(Callback):
+    """Refresh last.ckpt every n training steps, so that a run killed mid-epoch resumes close to where it stopped."""
+
+    def __init__(self, path: Path, every_n_steps: int) -> None:
+        self.path, self.every_n_steps = path, every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            trainer.save_checkpoint(self.path)
+
+
+class ExperimentCLI(LightningCLI):
+    """LightningCLI with run directories under runs/<name>/, default W&B logging and checkpointing."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--name", type=str | None, default=None, help="experiment name (default: config name)")
+        parser.add_argument("--run_root", type=str, default="runs", help="folder that holds runs/<name>/")
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="'last' resumes an interrupted run")
+        parser.add_argument("--wandb", type=bool, default=True, help="log to W&B (offline unless configured)")
+        parser.add_argument("--wandb_project", type=str, default="explaining-classifiers")
+        parser.add_argument("--checkpoint_every_n_steps", type=int, default=200, help="mid-epoch last.ckpt interval")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_root) / self.config.name
+
+    def before_instantiate_classes(self) -> None:
+        if self.config.name is None:
+            self.config.name = Path(str(self.config.config[0])).stem if self.config.get("config") else "experiment"
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer_cfg = self.config_init.trainer
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = self._logger()
+        monitor, mode = getattr(type(self.model), "monitor", ("val/loss", "min"))
+        ckpt_dir = self.run_dir / "checkpoints"
+        kwargs["callbacks"] = [
+            ModelCheckpoint(ckpt_dir, "best", monitor=monitor, mode=mode, save_last=True),
+            MidEpochCheckpoint(ckpt_dir / "last.ckpt", self.config.checkpoint_every_n_steps),
+        ]
+        return super().instantiate_trainer(**kwargs)
+
+    def _logger(self) -> Logger:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.config.wandb:
+            return CSVLogger(self.run_dir, name="", version="")
+        return WandbLogger(
+            name=self.config.name, project=self.config.wandb_project, save_dir=str(self.run_dir), offline=wandb_offline()
+        )
+
+
+def check_compatible(model: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """Fail before training when the model's classes do not match the data's."""
+    model_classes = model.hparams.get("num_classes") or (model.hparams.get("backbone_spec") or {}).get("num_classes")
+    data_classes = getattr(datamodule, "num_classes", None)
+    if model_classes and data_classes and model_classes != data_classes:
+        raise SystemExit(
+            f"error: the model predicts {model_classes} classes but the data has {data_classes}; "
+            f"set --model.init_args.num_classes {data_classes} (or use a checkpoint trained on this dataset)"
+        )
+
+
+def run_stage(args: list[str]) -> dict[str, Any]:
+    """Fit one stage, test its best checkpoint, write config.yaml and results.json into its run directory."""
+    cli = ExperimentCLI(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=None,
+        run=False,
+        args=args,
+    )
+    check_compatible(cli.model, cli.datamodule)
+    run_dir, trainer = cli.run_dir, cli.trainer
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cli.parser.save(cli.config, run_dir / "config.yaml", overwrite=True, multifile=False)
+    start = time.time()
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    fit_seconds = time.time() - start
+    best = trainer.checkpoint_callback.best_model_path or None
+    trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=trainer.is_global_zero)
+    results = {
+        "name": cli.config.name,
+        "stage": getattr(cli.model, "stage", type(cli.model).__name__),
+        "run_dir": str(run_dir),
+        "best_checkpoint": best,
+        "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+        "fit_seconds": round(fit_seconds, 1),
+        "test": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
+    }
+    if trainer.is_global_zero:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _as_args(overrides: dict[str, Any] | list[str] | None, done: dict[str, dict[str, Any]]) -> list[str]:
+    """Stage overrides as CLI arguments; '{stage}' in a value becomes that stage's best checkpoint."""
+    if overrides is None:
+        return []
+    items = overrides.items() if isinstance(overrides, dict) else (a.split("=", 1) for a in overrides)
+    args = []
+    for key, value in items:
+        value = re.sub(r"\{(\w+)\}", lambda m: done[m[1]]["best_checkpoint"] if m[1] in done else m[0], str(value))
+        args += [f"--{key.lstrip('-')}", value]
+    return args
+
+
+def run_pipeline(config: Path, spec: dict[str, Any], extra: list[str]) -> list[dict[str, Any]]:
+    """Run the stages of a pipeline config in order; finished stages (results.json present) are not rerun."""
+    name = spec.get("name", config.stem)
+    resume = "--ckpt_path" in extra
+    done: dict[str, dict[str, Any]] = {}
+    for stage in spec["pipeline"]:
+        stage_name = f"{name}/{stage['name']}"
+        results_file = Path(spec.get("run_root", "runs")) / stage_name / "results.json"
+        if resume and results_file.is_file():
+            done[stage["name"]] = json.loads(results_file.read_text())
+            print(f"[{stage_name}] already finished, reusing {results_file}")
+            continue
+        args = ["--config", str(resolve_config(stage["config"])), "--name", stage_name]
+        args += _as_args(stage.get("overrides"), done) + extra
+        print(f"\n=== stage {stage['name']}: {' '.join(args)}")
+        done[stage["name"]] = run_stage(args)
+    return list(done.values())
+
+
+def summarise(results: list[dict[str, Any]]) -> None:
+    """Print where every stage's checkpoints, logs and results went."""
+    print("\n" + "=" * 72)
+    for r in results:
+        metrics = ", ".join(f"{k.removeprefix('test/')}={v:.4f}" for k, v in sorted(r["test"].items()))
+        print(f"[{r['name']}] {r['stage']} ({r['fit_seconds']} s): {metrics}")
+        print(f"    run dir     {r['run_dir']}  (config.yaml, results.json, logs)")
+        print(f"    best ckpt   {r['best_checkpoint']}")
+    print("=" * 72)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Entry point: resolve `--config NAME`, then run a single stage or a pipeline."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            argv[i + 1] = str(resolve_config(argv[i + 1]))
+        elif arg.startswith("--config="):
+            argv[i] = "--config=" + str(resolve_config(arg.split("=", 1)[1]))
+    configs = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    spec = yaml.safe_load(configs[0].read_text()) if configs else None
+    if isinstance(spec, dict) and "pipeline" in spec:
+        rest = [a for i, a in enumerate(argv) if a not in ("--config", "-c") and (i == 0 or argv[i - 1] not in ("--config", "-c"))]
+        results = run_pipeline(configs[0], spec, rest)
+    else:
+        results = [run_stage(argv)]
+    summarise(results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
