@@ -1,0 +1,357 @@
+"""Baseline attribution methods compared in ReX section 6 and Salvage section 5.1, in the shared map convention.
+
+Gradient methods come from captum (Saliency, IntegratedGradients, NoiseTunnel, GradientShap), perturbation methods
+over the model's patch grid from captum too (KernelShap, Lime, Occlusion), class-activation maps from grad-cam
+(GradCAM, EigenCAM; ViT activations reshaped to the patch grid without the prefix tokens). RISE and attention rollout
+(with register tokens) are written here because no library offers them in a batched form. Access levels: "white"
+needs gradients, "grey" needs internals (activations, attention), "black" only calls model(images) -> logits.
+A model declares its own access in an `access` attribute (see `BlackBoxModel`); modules without one are white boxes.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attribution.registry import Access, available, get, register
+
+ACCESS_LEVEL = {"black": 0, "grey": 1, "white": 2}
+_NEEDS = {"grey": "model internals (activations or attention weights)", "white": "gradients"}
+
+
+class BlackBoxModel(nn.Module):
+    """A model known only as a function images (B, 3, H, W) in [0, 1] -> logits, e.g. a TorchScript file."""
+
+    access: Access = "black"
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], img_size: int, patch_grid: tuple[int, int] = (8, 8)) -> None:
+        super().__init__()
+        self.fn = fn
+        self.img_size = img_size
+        self.patch_grid = tuple(patch_grid)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.fn(images)
+
+
+def model_access(model: nn.Module) -> Access:
+    """The access a model grants: its `access` attribute, "white" for an ordinary nn.Module."""
+    return getattr(model, "access", "white")
+
+
+def check_access(model: nn.Module, method: str, access: Access) -> None:
+    """Refuse a method that needs more access (gradients, internals) than the model grants, naming the ones it can run."""
+    have = model_access(model)
+    if ACCESS_LEVEL[access] <= ACCESS_LEVEL[have]:
+        return
+    usable = [n for n in available() if ACCESS_LEVEL[get(n).access] <= ACCESS_LEVEL[have]]
+    raise ValueError(
+        f"method {method!r} is a {access}-box method: it needs {_NEEDS[access]}, but this model is a {have}-box model "
+        f"({type(model).__name__}). Methods this model supports: {', '.join(usable)}"
+    )
+
+
+def _method(name: str, access: Access) -> Callable:
+    """Register a baseline under `name`, refusing models that do not grant `access`."""
+
+    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        @functools.wraps(fn)
+        def checked(model: nn.Module, images: Tensor, target: Tensor | None = None, **kw: Any) -> Tensor:
+            check_access(model, name, access)
+            target = _target(model, images, target)
+            if access == "black":
+                return fn(model, images, target, **kw)
+            with torch.enable_grad():
+                return fn(model, images, target, **kw)
+
+        register(name, access=access)(checked)
+        return checked
+
+    return wrap
+
+
+def _target(model: nn.Module, images: Tensor, target: Tensor | int | None) -> Tensor:
+    """Target classes (B,): given, or the model's prediction."""
+    if target is None:
+        with torch.no_grad():
+            return model(images).argmax(1)
+    return torch.as_tensor(target, device=images.device).long().expand(images.shape[0])
+
+
+def patch_grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
+    """The model's patch grid (gh, gw); models without one get an 8x8 grid (capped at the image size)."""
+    grid = getattr(model, "patch_grid", None)
+    if grid is None:
+        grid = (min(8, images.shape[-2]), min(8, images.shape[-1]))
+    return int(grid[0]), int(grid[1])
+
+
+def feature_mask(model: nn.Module, images: Tensor) -> Tensor:
+    """Patch ids (1, 1, H, W) long: the interpretable features of KernelSHAP / LIME are the model's patches."""
+    gh, gw = patch_grid(model, images)
+    ids = torch.arange(gh * gw, device=images.device, dtype=torch.float32).view(1, 1, gh, gw)
+    return F.interpolate(ids, size=images.shape[-2:], mode="nearest").long()
+
+
+def _to_patches(attr: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Per-pixel attributions (B, 3, H, W), constant on patches, as a patch map (B, gh, gw)."""
+    return F.adaptive_avg_pool2d(attr.float().sum(1, keepdim=True), grid)[:, 0]
+
+
+def _forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    return lambda x: model(x)
+
+
+@_method("saliency", "white")
+def saliency(model: nn.Module, images: Tensor, target: Tensor | None = None) -> Tensor:
+    """Saliency (Simonyan et al. 2014): max over channels of |d logit_target / d pixel|, pixel map (B, H, W)."""
+    from captum.attr import Saliency
+
+    return Saliency(_forward(model)).attribute(images, target=target, abs=True).amax(1)
+
+
+@_method("integrated_gradients", "white")
+def integrated_gradients(
+    model: nn.Module, images: Tensor, target: Tensor | None = None, n_steps: int = 32, internal_batch_size: int = 64
+) -> Tensor:
+    """Integrated Gradients (Sundararajan et al. 2017) from a black baseline, summed over channels: (B, H, W)."""
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(_forward(model))
+    attr = ig.attribute(images, baselines=0.0, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size)
+    return attr.sum(1)
+
+
+@_method("smoothgrad", "white")
+def smoothgrad(
+    model: nn.Module, images: Tensor, target: Tensor | None = None, nt_samples: int = 8, stdevs: float = 0.1,
+    n_steps: int = 16, seed: int = 0,
+) -> Tensor:
+    """NoiseTunnel: SmoothGrad (Smilkov et al. 2017) over Integrated Gradients, summed over channels: (B, H, W)."""
+    from captum.attr import IntegratedGradients, NoiseTunnel
+
+    nt = NoiseTunnel(IntegratedGradients(_forward(model)))
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        attr = nt.attribute(
+            images, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=stdevs, baselines=0.0, target=target,
+            n_steps=n_steps, nt_samples_batch_size=max(1, 64 // n_steps),
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    return attr.sum(1)
+
+
+@_method("gradient_shap", "white")
+def gradient_shap(
+    model: nn.Module, images: Tensor, target: Tensor | None = None, n_samples: int = 16, n_baselines: int = 8,
+    seed: int = 0,
+) -> Tensor:
+    """GradientSHAP (Lundberg and Lee 2017) over black and uniform-noise baselines, summed over channels: (B, H, W)."""
+    from captum.attr import GradientShap
+
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand((n_baselines - 1, *images.shape[1:]), generator=g).to(images)
+    baselines = torch.cat([torch.zeros_like(images[:1]), noise])
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        attr = GradientShap(_forward(model)).attribute(images, baselines=baselines, target=target, n_samples=n_samples)
+    finally:
+        torch.random.set_rng_state(state)
+    return attr.sum(1)
+
+
+def _per_image_surrogate(
+    explainer: Any, model: nn.Module, images: Tensor, target: Tensor, n_samples: int, chunk: int, seed: int
+) -> Tensor:
+    """KernelSHAP / LIME fit one surrogate model per image over the patch features: patch map (B, gh, gw)."""
+    grid = patch_grid(model, images)
+    mask = feature_mask(model, images)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        attrs = [
+            explainer.attribute(img[None], baselines=0.0, target=int(t), feature_mask=mask, n_samples=n_samples,
+                                perturbations_per_eval=chunk)
+            for img, t in zip(images, target)
+        ]
+    finally:
+        torch.random.set_rng_state(state)
+    return _to_patches(torch.cat(attrs), grid) / 3
+
+
+@_method("kernel_shap", "black")
+def kernel_shap(
+    model: nn.Module, images: Tensor, target: Tensor | None = None, n_samples: int = 256, chunk: int = 64,
+    seed: int = 0,
+) -> Tensor:
+    """KernelSHAP (Lundberg and Lee 2017) over the model's patches (masked to 0): patch map (B, gh, gw)."""
+    from captum.attr import KernelShap
+
+    with torch.no_grad():
+        return _per_image_surrogate(KernelShap(_forward(model)), model, images, target, n_samples, chunk, seed)
+
+
+@_method("lime", "black")
+def lime(
+    model: nn.Module, images: Tensor, target: Tensor | None = None, n_samples: int = 256, chunk: int = 64,
+    seed: int = 0, alpha: float = 1.0,
+) -> Tensor:
+    """LIME (Ribeiro et al. 2016): ridge surrogate over the model's patches (masked to 0): patch map (B, gh, gw)."""
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import Lime
+
+    explainer = Lime(_forward(model), interpretable_model=SkLearnRidge(alpha=alpha))
+    with torch.no_grad():
+        return _per_image_surrogate(explainer, model, images, target, n_samples, chunk, seed)
+
+
+@_method("occlusion", "black")
+def occlusion(model: nn.Module, images: Tensor, target: Tensor | None = None, chunk: int = 64) -> Tensor:
+    """Occlusion (Zeiler and Fergus 2014): output drop when one patch is set to 0: patch map (B, gh, gw)."""
+    from captum.attr import Occlusion
+
+    grid = patch_grid(model, images)
+    window = (images.shape[1], -(-images.shape[-2] // grid[0]), -(-images.shape[-1] // grid[1]))
+    with torch.no_grad():
+        attr = Occlusion(_forward(model)).attribute(
+            images, sliding_window_shapes=window, strides=window, baselines=0.0, target=target,
+            perturbations_per_eval=chunk,
+        )
+    return _to_patches(attr, grid) / images.shape[1]
+
+
+def _cam_layer(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None]:
+    """Target layer for grad-cam and the reshape transform it needs: a ViT's last norm1, tokens -> (B, D, gh, gw)."""
+    backbone = getattr(model, "backbone", model)
+    if getattr(model, "is_vit", False):
+        prefix, (gh, gw) = model.num_prefix_tokens, model.patch_grid
+
+        def reshape(tokens: Tensor) -> Tensor:
+            return tokens[:, prefix:].reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2)
+
+        return backbone.blocks[-1].norm1, reshape
+    info = getattr(backbone, "feature_info", None)
+    if info is None:
+        raise ValueError(
+            f"grad-cam needs a target layer, but {type(backbone).__name__} is neither one of this project's ViTs nor a "
+            "timm CNN with feature_info; wrap the model in salvage.MaskableClassifier"
+        )
+    name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+    return backbone.get_submodule(name), None
+
+
+def _grad_cam(cam_class: type, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer, reshape = _cam_layer(model)
+    was_training = model.training
+    with cam_class(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in target])
+    model.train(was_training)
+    return torch.as_tensor(maps, device=images.device).float()
+
+
+@_method("gradcam", "white")
+def gradcam(model: nn.Module, images: Tensor, target: Tensor | None = None) -> Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) on the last block / stage via grad-cam: pixel map (B, H, W) in [0, 1]."""
+    from pytorch_grad_cam import GradCAM
+
+    return _grad_cam(GradCAM, model, images, target)
+
+
+@_method("eigencam", "grey")
+def eigencam(model: nn.Module, images: Tensor, target: Tensor | None = None) -> Tensor:
+    """Eigen-CAM (Muhammad and Yeasin 2020): first principal component of the last activations, (B, H, W)."""
+    from pytorch_grad_cam import EigenCAM
+
+    with torch.no_grad():
+        return _grad_cam(EigenCAM, model, images, target)
+
+
+def rise_masks(n: int, cells: int, size: tuple[int, int], p: float, generator: torch.Generator) -> Tensor:
+    """RISE masks (Petsiuk et al. 2018, section 3.2): cells x cells Bernoulli(p) grids, bilinearly upsampled to
+    (cells + 1) x the cell size and randomly shifted by up to one cell: (n, H, W) float in [0, 1]."""
+    h, w = size
+    ch, cw = -(-h // cells), -(-w // cells)
+    grid = (torch.rand(n, 1, cells, cells, generator=generator) < p).float()
+    up = F.interpolate(grid, size=((cells + 1) * ch, (cells + 1) * cw), mode="bilinear", align_corners=False)[:, 0]
+    dy = torch.randint(0, ch, (n,), generator=generator)
+    dx = torch.randint(0, cw, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return up[torch.arange(n)[:, None, None], rows, cols]
+
+
+@_method("rise", "black")
+def rise(
+    model: nn.Module, images: Tensor, target: Tensor | None = None, n_masks: int = 1000, cells: int | None = None,
+    p: float = 0.5, chunk: int = 256, seed: int = 0,
+) -> Tensor:
+    """RISE (Petsiuk et al. 2018, eq. 6): sum_i p_target(I * M_i) M_i / (N p), masks shared by the batch: (B, H, W)."""
+    cells = cells or max(patch_grid(model, images))
+    g = torch.Generator().manual_seed(seed)
+    masks = rise_masks(n_masks, cells, images.shape[-2:], p, g).to(images)
+    b = images.shape[0]
+    scores = []
+    with torch.no_grad():
+        for m in masks.split(max(1, chunk // b)):
+            mutants = (images[:, None] * m[None, :, None]).flatten(0, 1)
+            probs = model(mutants).float().softmax(-1).view(b, m.shape[0], -1)
+            scores.append(probs.gather(2, target.view(b, 1, 1).expand(b, m.shape[0], 1))[..., 0])
+    weights = torch.cat(scores, 1)
+    return torch.einsum("bn,nhw->bhw", weights, masks.float()) / (n_masks * p)
+
+
+@_method("attention_rollout", "grey")
+def attention_rollout(
+    model: nn.Module, images: Tensor, target: Tensor | None = None, head_fusion: str = "mean",
+    discard_ratio: float = 0.0,
+) -> Tensor:
+    """Attention rollout (Abnar and Zuidema 2020): product over layers of 0.5 A + 0.5 I (heads fused, rows
+    renormalised); the class token's row over the patch tokens (registers dropped): patch map (B, gh, gw)."""
+    if not getattr(model, "is_vit", False):
+        raise ValueError(
+            f"attention_rollout needs a ViT (attention weights), but the model is a {type(getattr(model, 'backbone', model)).__name__}"
+        )
+    blocks = model.backbone.blocks
+    attentions: list[Tensor] = []
+    hooks = [blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attentions.append(o.detach())) for blk in blocks]
+    fused = [blk.attn.fused_attn for blk in blocks]
+    for blk in blocks:
+        blk.attn.fused_attn = False
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for blk, f in zip(blocks, fused):
+            blk.attn.fused_attn = f
+        for h in hooks:
+            h.remove()
+    fuse = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}[head_fusion]
+    n = attentions[0].shape[-1]
+    eye = torch.eye(n, device=images.device)
+    rollout = eye.expand(images.shape[0], n, n)
+    for att in attentions:
+        a = fuse(att.float())
+        if discard_ratio > 0:
+            k = int(discard_ratio * n * n)
+            low = a.flatten(1).topk(k, dim=1, largest=False).indices
+            a = a.flatten(1).scatter(1, low, 0.0).view_as(a)
+        a = 0.5 * a + 0.5 * eye
+        rollout = (a / a.sum(-1, keepdim=True)) @ rollout
+    gh, gw = model.patch_grid
+    return rollout[:, 0, model.num_prefix_tokens:].reshape(-1, gh, gw)
+
+
+@_method("random", "black")
+def random_map(model: nn.Module, images: Tensor, target: Tensor | None = None, seed: int = 0) -> Tensor:
+    """Uniform random patch map (B, gh, gw): the chance baseline of the metrics tables."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((images.shape[0], *patch_grid(model, images)), generator=g).to(images.device)
