@@ -11,9 +11,10 @@ import torch
 
 def _stage_classes() -> dict[str, type[L.LightningModule]]:
     from salvage.classifier import ClassifierModule
+    from salvage.explainer import ExplainerModule
     from salvage.surrogate import SurrogateModule
 
-    return {"classifier": ClassifierModule, "surrogate": SurrogateModule}
+    return {"classifier": ClassifierModule, "surrogate": SurrogateModule, "explainer": ExplainerModule}
 
 
 def load_checkpoint(path: str | os.PathLike, expect: str | tuple[str, ...] | None = None) -> dict[str, Any]:
