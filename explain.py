@@ -59,7 +59,7 @@ def is_torchscript(path: Path) -> bool:
         return any("/code/" in n for n in zf.namelist())
 
 
-def load_model(path: str | Path, img_size: int | None = None) -> LoadedModel:
+def load_model(path: str | Path, img_size: int | None = None, grid: int = 8) -> LoadedModel:
     """A checkpoint of any stage (weights_only), or a TorchScript file as a black box (images in [0, 1] -> logits)."""
     path = Path(path)
     if not path.is_file():
@@ -67,8 +67,9 @@ def load_model(path: str | Path, img_size: int | None = None) -> LoadedModel:
     if is_torchscript(path):
         size = img_size or 224
         scripted = torch.jit.load(str(path), map_location="cpu").eval()
-        print(f"note: {path} is a TorchScript model: treated as a black box on {size} px images (--img-size)")
-        return LoadedModel(BlackBoxModel(scripted, size), None, None, None, size)
+        print(f"note: {path} is a TorchScript model: treated as a black box on {size} px images (--img-size), "
+              f"perturbed on a {grid}x{grid} grid (--grid)")
+        return LoadedModel(BlackBoxModel(scripted, size, (grid, grid)), None, None, None, size)
     try:
         module = salvage.stage_module(path).eval()
     except (ValueError, FileNotFoundError) as err:
@@ -413,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--img-size", type=int, default=None, help="input size of a TorchScript model (default 224)")
+    p.add_argument("--grid", type=int, default=8, help="patch grid side for perturbing a TorchScript model")
     p.add_argument("--steps", type=int, default=50, help="insertion/deletion curve steps")
     p.add_argument("--no-metrics", action="store_true", help="maps and pictures only")
     p.add_argument("--seed", type=int, default=0)
@@ -433,7 +435,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Entry point: explain images or a datamodule split with every requested method; returns the summary records."""
     args = build_parser().parse_args(argv)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    loaded = load_model(args.ckpt, args.img_size)
+    loaded = load_model(args.ckpt, args.img_size, args.grid)
     check_methods(methods, loaded, args.property)
     options = parse_options(args.option)
     out_dir = Path(args.out)

@@ -20,3 +20,4 @@ __all__ = [
     "multiple_explanations", "passes", "pixel_rank", "responsibility", "responsibility_map", "rex_metrics",
     "split_boxes", "subset_outcomes",
 ]
+from rex.callback import ReXCallback  # noqa: E402  (evaluation callback, explain.py issue)

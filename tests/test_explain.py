@@ -1,0 +1,154 @@
+"""explain.py end to end: image files and a datamodule split on a tiny trained checkpoint, refusals, interventions."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import explain
+import train
+from attribution import registry
+from tests.conftest import tiny_stage_args
+
+SMALL = ["--option", "rex.n_partitions=2", "--option", "rex.min_size=32", "--option", "rise.n_masks=32",
+         "--steps", "8"]
+DATA = ["--data", "classifier_synthetic", "--limit", "4", "--data-arg", "img_size=32", "--data-arg", "n_test=6",
+        "--data-arg", "occluders=1"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("explain")
+    return train.main(tiny_stage_args(root, "cls"))[0]["best_checkpoint"]
+
+
+@pytest.fixture
+def image_files(tmp_path) -> list[str]:
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey.png"
+    Image.fromarray((rng.random((40, 28)) * 255).astype(np.uint8), "L").save(grey)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray((rng.random((32, 32, 4)) * 255).astype(np.uint8), "RGBA").save(rgba)
+    return [str(grey), str(rgba)]
+
+
+def _finite(value) -> bool:
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def test_explain_image_files_writes_pictures_maps_and_summary(ckpt, image_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    records = explain.main(["--ckpt", ckpt, "--method", "rex,occlusion", "--images", *image_files, "--out", str(out),
+                            *SMALL])
+    notes = capsys.readouterr().out
+    assert "grey.png: converted (mode L -> RGB, 28x40 -> 32x32)" in notes
+    assert "rgba.png: converted (mode RGBA -> RGB)" in notes
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stage"] == "classifier" and len(summary["records"]) == 4 == len(records)
+    assert not (out / "comparison.md").exists()
+    for rec in summary["records"]:
+        assert {"image", "method", "predicted", "target", "confidence", "seconds", "model_calls", "metrics"} <= set(rec)
+        assert set(rec["metrics"]) == {"size", "insertion", "deletion"}
+        assert 0 < rec["metrics"]["size"] <= 1 and 0 <= rec["confidence"] <= 1 and _finite(rec)
+        assert rec["target"] == rec["predicted"]
+        png, npz = out / rec["files"]["overlay"], out / rec["files"]["npz"]
+        assert png.stat().st_size > 1000
+        arrays = np.load(npz)
+        assert arrays["map"].shape == (32, 32) and np.isfinite(arrays["map"]).all()
+        assert arrays["explanation"].dtype == bool
+        assert arrays["explanation"].mean() == pytest.approx(rec["metrics"]["size"])
+    rex_calls = [r["model_calls"] for r in summary["records"] if r["method"] == "rex"]
+    assert all(c > 1 for c in rex_calls)
+
+
+def test_explain_data_split_compares_methods_with_ground_truth_metrics(ckpt, tmp_path):
+    out = tmp_path / "out"
+    explain.main(["--ckpt", ckpt, "--method", "random,saliency,rise", *DATA, "--out", str(out), "--target", "2",
+                  "--batch-size", "3", *SMALL])
+    summary = json.loads((out / "summary.json").read_text())
+    records = summary["records"]
+    assert len(records) == 12 and len({r["image"] for r in records}) == 4
+    for rec in records:
+        assert rec["target"] == 2 and "label" in rec and _finite(rec)
+        assert {"size", "insertion", "deletion", "in", "out", "rra", "rma"} <= set(rec["metrics"])
+        assert all(0 <= rec["metrics"][k] <= 1 for k in ("in", "out", "rra", "rma"))
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[0].startswith("| method | images | size | insertion | deletion | in | out | rra | rma |")
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["random", "rise", "saliency"]
+    sizes = [r["metrics"]["size"] for r in records if r["method"] == "random"]
+    assert f"{np.mean(sizes):.3f} ± {np.std(sizes):.3f}" in table[2]
+
+
+def test_explain_intervention_on_a_split(ckpt, tmp_path):
+    out = tmp_path / "out"
+    records = explain.main(["--ckpt", ckpt, "--method", "intervention", "--property", "object_fade", *DATA[:2],
+                            "--limit", "2", *DATA[4:], "--out", str(out), "--option", "intervention.num_steps=10",
+                            "--option", "intervention.num_permutations=50"])
+    assert len(records) == 2
+    for rec in records:
+        assert set(rec["metrics"]) == {"S", "p", "flips"} and 0 <= rec["metrics"]["p"] <= 1
+        assert (out / rec["files"]["overlay"]).is_file()
+        assert np.load(out / rec["files"]["npz"])["curve"].shape == (10,)
+
+
+def test_explain_refuses_with_clear_messages(ckpt, image_files, tmp_path):
+    base = ["--ckpt", ckpt, "--images", *image_files, "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="unknown method 'nope'; available: .*gradcam.*rex"):
+        explain.main([*base, "--method", "nope"])
+    with pytest.raises(SystemExit, match="intervention needs --property"):
+        explain.main([*base, "--method", "intervention"])
+    with pytest.raises(SystemExit, match="property 'object_fade' needs .*--data"):
+        explain.main([*base, "--method", "intervention", "--property", "object_fade"])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(SystemExit, match="cannot read image .*broken.png"):
+        explain.main(["--ckpt", ckpt, "--images", str(bad), "--method", "random"])
+
+
+def test_explain_refuses_a_method_that_needs_another_stage(ckpt, image_files, tmp_path, monkeypatch):
+    spec = registry.ExplainerSpec("needs_explainer", lambda m, x, t=None: x[:, 0], "black", "explainer")
+    monkeypatch.setitem(registry._REGISTRY, "needs_explainer", spec)
+    with pytest.raises(SystemExit, match="'needs_explainer' needs a explainer checkpoint, but --ckpt is a classifier"):
+        explain.main(["--ckpt", ckpt, "--images", *image_files, "--method", "needs_explainer"])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_explain_refuses_a_malicious_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+    _Payload.marker = str(marker)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "stage": "classifier", "x": _Payload()}, evil)
+    with pytest.raises(SystemExit, match="refusing to load .*pickled code"):
+        explain.main(["--ckpt", str(evil), "--method", "random", "--images", "x.png"])
+    assert not marker.exists()
+
+
+def test_torchscript_model_is_a_black_box(ckpt, image_files, tmp_path):
+    from salvage import stage_module
+
+    net = stage_module(ckpt).model.eval()
+    scripted = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(net, torch.rand(1, 3, 32, 32)), scripted)
+    base = ["--ckpt", str(scripted), "--img-size", "32", "--grid", "4", "--images", *image_files, "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="'gradcam' is a white-box method.*black-box model.*Methods this model "
+                                         "supports: .*occlusion"):
+        explain.main([*base, "--method", "gradcam"])
+    records = explain.main([*base, "--method", "occlusion", "--steps", "4"])
+    direct = explain.main(["--ckpt", ckpt, "--images", *image_files, "--out", str(tmp_path / "d"),
+                           "--method", "occlusion", "--steps", "4"])
+    assert [r["predicted"] for r in records] == [r["predicted"] for r in direct]
+    for a, b in zip(records, direct):
+        assert a["metrics"]["size"] == pytest.approx(b["metrics"]["size"])
+    assert Path(tmp_path / "o" / "summary.json").is_file()

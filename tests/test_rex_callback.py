@@ -1,0 +1,52 @@
+"""ReXCallback: explains fixed test images after test, logs metrics and overlays (CSV logger / no logger)."""
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from datamodules import SyntheticDataModule
+from rex import ReX, ReXCallback
+
+REX = {"n_partitions": 2, "min_size": 32}
+
+
+def _run(tiny_classifier, tmp_path, logger):
+    dm = SyntheticDataModule(img_size=32, batch_size=4, n_train=8, n_val=4, n_test=4, occluders=1)
+    cb = ReXCallback(num_images=3, batch_size=2, rex=REX, steps=8, num_log=2, run_after_fit=False)
+    trainer = L.Trainer(limit_test_batches=1, callbacks=[cb], logger=logger, default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.test(tiny_classifier, datamodule=dm, verbose=False)
+    return cb, dm
+
+
+def test_rex_callback_logs_metrics_and_overlays_with_csv_logger(tiny_classifier, tmp_path):
+    logger = CSVLogger(tmp_path, name="", version="")
+    cb, dm = _run(tiny_classifier, tmp_path, logger)
+    s = cb.results["summary"]
+    assert {"size", "insertion", "deletion", "in", "out", "model_calls", "seconds"} <= set(s)
+    assert 0 < s["size"] <= 1 and 0 <= s["in"] <= 1 and 0 <= s["out"] <= 1 and s["model_calls"] > 1
+    per = cb.results["per_image"]
+    assert per["index"].tolist() == [0, 1, 2]
+    images = torch.stack([dm.data_test[i]["image"] for i in range(2)])
+    direct = ReX(**REX).explain(tiny_classifier.model, images)
+    assert torch.allclose(per["size"][:2].float(), direct.size.float())
+    assert torch.equal(cb.results["explanations"][:2], direct.explanations[:, 0])
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"rex/size", "rex/size_std", "rex/in", "rex/out", "rex/model_calls"} <= set(header)
+    out = tmp_path / "rex"
+    assert sorted(p.name for p in out.glob("*.png")) == ["test_0.png", "test_1.png"]
+    saved = np.load(out / "test_maps.npz")
+    assert saved["maps"].shape == (3, 32, 32) and saved["explanations"].dtype == bool
+    record = json.loads((out / "test_rex.json").read_text())
+    assert len(record["images"]) == 3 and record["summary"]["size"] == pytest.approx(s["size"])
+
+
+def test_rex_callback_without_logger_writes_under_root_dir(tiny_classifier, tmp_path):
+    cb, _ = _run(tiny_classifier, tmp_path, False)
+    assert (tmp_path / "rex" / "test_rex.json").is_file()
+    assert cb.results["maps"].shape == (3, 32, 32) and torch.isfinite(cb.results["maps"]).all()
