@@ -38,13 +38,12 @@ def kernel_masks(batch: int, masks_per_image: int, n: int, generator: torch.Gene
 
 
 def weighted_subsets(weights: Tensor, sizes: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Masks (..., n) of sizes[...] patches drawn without replacement with probabilities ~ weights (Gumbel top-k keys; Algorithms 2-3)."""
+    """Masks (..., n) of sizes[...] patches drawn without replacement with probabilities ~ weights (exponential race = Gumbel top-k keys; Algorithms 2-3)."""
     if weights.shape[:-1] != sizes.shape:
         raise ValueError(f"weights {tuple(weights.shape)} and sizes {tuple(sizes.shape)} do not match")
-    u = torch.rand(weights.shape, generator=generator, device=weights.device, dtype=torch.float32)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
-    keys = weights.float().clamp_min(0).add(1e-12).log() + gumbel
-    ranks = keys.argsort(dim=-1, descending=True).argsort(dim=-1)
+    race = torch.empty(weights.shape, device=weights.device).exponential_(generator=generator)
+    keys = race / weights.float().clamp_min(0).add(1e-12)
+    ranks = keys.argsort(dim=-1).argsort(dim=-1)
     return ranks < sizes[..., None]
 
 
