@@ -42,7 +42,8 @@ METRIC_KEYS = ("size", "insertion", "deletion", "in", "out", "srg", "r_srg", "rr
 
 @dataclass
 class LoadedModel:
-    """What a checkpoint provides: the classifier (black-box calls), its stage module, and a surrogate if any."""
+    """What a checkpoint provides: the classifier (black-box calls; an explainer's reference classifier), its stage
+    module, and the surrogate (the game of Salvage's SRG metrics) of a surrogate or explainer checkpoint."""
 
     classifier: nn.Module
     stage: str | None
@@ -77,7 +78,13 @@ def load_model(path: str | Path, img_size: int | None = None, grid: int = 8) -> 
     stage = module.stage
     hp = module.hparams
     size = hp.get("img_size") or (hp.get("backbone_spec") or {}).get("img_size") or img_size or 224
-    surrogate = module.model if stage == "surrogate" else getattr(module, "surrogate", None)
+    if stage == "explainer":
+        try:
+            surrogate = module.attach_game()
+        except FileNotFoundError as err:
+            raise SystemExit(f"error: the explainer checkpoint {str(path)!r} needs its surrogate: {err}") from err
+        return LoadedModel(module.reference, stage, module, surrogate, int(size))
+    surrogate = module.model if stage == "surrogate" else None
     return LoadedModel(module.model, stage, module, surrogate, int(size))
 
 

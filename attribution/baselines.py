@@ -253,7 +253,9 @@ def _grad_cam(cam_class: type, model: nn.Module, images: Tensor, target: Tensor)
     layer, reshape = _cam_layer(model)
     was_training = model.training
     with cam_class(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
-        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in target])
+        # frozen models (requires_grad False) still get a graph through the activations from the input
+        inputs = images.detach().requires_grad_(True)
+        maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in target])
     model.train(was_training)
     return torch.as_tensor(maps, device=images.device).float()
 
