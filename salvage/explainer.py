@@ -270,7 +270,7 @@ class ExplainerModule(MaskableModule):
         heat = heat / scale
         colour = torch.stack([heat.clamp_min(0), torch.zeros_like(heat), (-heat).clamp_min(0)], 1)
         alpha = heat.abs()[:, None] * 0.6
-        overlay = images[:k].float() * (1 - alpha) + colour * alpha
+        overlay = (images[:k].float() * (1 - alpha) + colour * alpha).detach().clamp(0, 1)
         names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
         captions = [names[t] if names else str(int(t)) for t in target[:k].tolist()]
         self.logger.log_image("test/attributions", [o.permute(1, 2, 0).cpu().numpy() for o in overlay], caption=captions)
