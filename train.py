@@ -135,6 +135,7 @@ def run_stage(args: list[str]) -> dict[str, Any]:
         "best_checkpoint": best,
         "last_checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "fit_seconds": round(fit_seconds, 1),
+        "world_size": trainer.world_size,
         "test": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")},
     }
     if trainer.is_global_zero:

@@ -102,18 +102,18 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, scale: float, angle:
 
 
 def _background(g: torch.Generator, size: int) -> Tensor:
-    """A muted smooth colour field with a random grating and pixel noise."""
-    low = 0.25 + 0.5 * torch.rand(1, 3, 4, 4, generator=g)
+    """A muted, lightly tinted smooth luminance field with a random grating and pixel noise."""
+    low = 0.35 + 0.3 * torch.rand(1, 1, 4, 4, generator=g) + 0.08 * torch.randn(1, 3, 1, 1, generator=g)
     field = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)[0]
     theta, freq, phase = _uniform(g, 0, math.pi), _uniform(g, 0.15, 0.5), _uniform(g, 0, 2 * math.pi)
     coords = torch.arange(size, dtype=torch.float32)
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     grating = torch.sin(freq * (xx * torch.cos(theta) + yy * torch.sin(theta)) + phase)
     noise = 0.03 * torch.randn(3, size, size, generator=g)
-    return (field + 0.08 * grating + noise).clamp(0, 1)
+    return (field + 0.05 * grating + noise).clamp(0, 1)
 
 
-def _contrasting_color(g: torch.Generator, reference: Tensor, min_dist: float = 0.45, tries: int = 16) -> Tensor:
+def _contrasting_color(g: torch.Generator, reference: Tensor, min_dist: float = 0.5, tries: int = 16) -> Tensor:
     """A saturated colour at least `min_dist` (L2) from `reference`; the first of `tries` candidates that qualifies."""
     candidates = torch.rand(tries, 3, generator=g)
     far = (candidates - reference).norm(dim=1) >= min_dist
@@ -163,7 +163,7 @@ def render_scene(
     for k in range(4):
         corners |= _corner_box(size, k)
 
-    target_scale = float(_uniform(g, 0.17, 0.24)) * size
+    target_scale = float(_uniform(g, 0.2, 0.27)) * size
     target, _ = _place(g, size, target_scale, corners, CLASS_SHAPES[label])
     forbidden = _dilate(target, max(1, size // 32))
 

@@ -1,4 +1,5 @@
 """Salvage and its foundation: maskable classifiers, the masked-image surrogate, mask samplers, checkpoints."""
+from salvage import synthetic_vit  # noqa: F401  (registers the synthetic ViTs in timm)
 from salvage.checkpoints import load_checkpoint, stage_module
 from salvage.classifier import ClassifierModule, build_classifier
 from salvage.explainer import ExplainerModule, salvage_explain, vit_shapley_explain

@@ -27,7 +27,7 @@ def build_classifier(
 ) -> MaskableClassifier:
     """A MaskableClassifier around the timm model `backbone` (ViTs get `img_size`, CNNs a `patch_size` grid)."""
     kwargs = dict(backbone_kwargs or {})
-    if timm.is_model(backbone) and timm.models.is_model_in_modules(backbone, ["vision_transformer"]):
+    if timm.is_model(backbone) and timm.models.is_model_in_modules(backbone, ["vision_transformer", "synthetic_vit"]):
         kwargs.setdefault("img_size", img_size)
     net = create_backbone(backbone, num_classes, pretrained=pretrained, **kwargs)
     return MaskableClassifier(net, img_size=img_size, patch_size=patch_size)

@@ -46,6 +46,7 @@ class SurrogateModule(MaskableModule):
             backbone_spec = {k: hp.get(k) for k in BACKBONE_KEYS}
         super().__init__(backbone_spec["num_classes"], lr, weight_decay, warmup_steps, eval_seed)
         self.save_hyperparameters()
+        self.hparams["backbone_spec"] = backbone_spec
         self.model = build_classifier(**{**backbone_spec, "pretrained": False})
         self.teacher: torch.nn.Module | None = None
         self.val_kl = MeanMetric()

@@ -11,8 +11,10 @@ def _perturb_masked(model, images, mask):
     return torch.where(pixels, images, torch.rand_like(images))
 
 
-def test_vit_masked_patches_do_not_change_any_logit(tiny_classifier):
-    model = tiny_classifier.model
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "vit_tiny_convpatch8"])
+def test_vit_masked_patches_do_not_change_any_logit(backbone):
+    torch.manual_seed(0)
+    model = build_classifier(**{**TINY_VIT, "backbone": backbone}).eval()
     torch.manual_seed(1)
     images = torch.rand(6, 3, 32, 32)
     mask = uniform_size_masks(6, model.num_patches, torch.Generator().manual_seed(0))
