@@ -203,7 +203,7 @@ class CallCounter:
 
 def quality_metrics(
     model: nn.Module, images: Tensor, pixel_maps: Tensor, maps: Tensor, target: Tensor, batch: dict[str, Any],
-    surrogate: nn.Module | None, steps: int, generator: torch.Generator,
+    surrogate: nn.Module | None, steps: int, generator: torch.Generator, srg_masks: int = 128,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """ReX section 6 metrics (size, insertion, deletion AUC, IN, OUT) via rex.metrics, Salvage's SRG/R-SRG with a
     surrogate and RRA/RMA with ground truth via salvage.metrics; returns them (B,) and the explanation masks."""
@@ -227,7 +227,7 @@ def quality_metrics(
     if surrogate is not None:
         with torch.no_grad():
             out["srg"] = srg_scores(surrogate, images, maps, target)["srg"]
-            out["r_srg"] = relative_srg_scores(surrogate, images, maps, target, generator=generator)["r_srg"]
+            out["r_srg"] = relative_srg_scores(surrogate, images, maps, target, srg_masks, generator)["r_srg"]
     return out, expl
 
 
@@ -236,13 +236,14 @@ class ExplainTask(L.LightningModule):
 
     def __init__(self, loaded: LoadedModel, methods: list[str], out_dir: Path, options: dict[str, dict[str, Any]],
                  target: int | None = None, class_names: list[str] | None = None, dataset: Any = None,
-                 prop: str | None = None, steps: int = 50, seed: int = 0, metrics: bool = True) -> None:
+                 prop: str | None = None, steps: int = 50, seed: int = 0, metrics: bool = True,
+                 srg_masks: int = 128) -> None:
         super().__init__()
         self.classifier = loaded.classifier
         object.__setattr__(self, "loaded", loaded)
         self.methods, self.out_dir, self.options = methods, out_dir, options
         self.fixed_target, self.class_names, self.dataset, self.prop = target, class_names, dataset, prop
-        self.steps, self.seed, self.with_metrics = steps, seed, metrics
+        self.steps, self.seed, self.with_metrics, self.srg_masks = steps, seed, metrics, srg_masks
         self.records: list[dict[str, Any]] = []
 
     def on_predict_start(self) -> None:
@@ -298,7 +299,7 @@ class ExplainTask(L.LightningModule):
         if self.with_metrics:
             g = torch.Generator(device=images.device).manual_seed(self.seed * 1_000_003 + batch_idx)
             metrics, expl = quality_metrics(self.classifier, images, pixel, maps, target, batch, self.loaded.surrogate,
-                                            self.steps, g)
+                                            self.steps, g, self.srg_masks)
         out = []
         for i, rec in enumerate(base):
             stem = f"{rec['image']}_{method}"
@@ -423,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=None, help="input size of a TorchScript model (default 224)")
     p.add_argument("--grid", type=int, default=8, help="patch grid side for perturbing a TorchScript model")
     p.add_argument("--steps", type=int, default=50, help="insertion/deletion curve steps")
+    p.add_argument("--srg-masks", type=int, default=128, help="masks per subset size for R-SRG (Salvage: 128)")
     p.add_argument("--no-metrics", action="store_true", help="maps and pictures only")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -460,7 +462,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                              f"{loaded.img_size} px; set --data-arg img_size={loaded.img_size}")
     target = _target_index(args.target, class_names)
     task = ExplainTask(loaded, methods, out_dir, options, target, class_names, dataset, args.property, args.steps,
-                       args.seed, not args.no_metrics)
+                       args.seed, not args.no_metrics, args.srg_masks)
     trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, logger=False, inference_mode=False,
                         enable_checkpointing=False, enable_model_summary=False)
     loader = DataLoader(items, batch_size=args.batch_size, shuffle=False)

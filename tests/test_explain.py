@@ -159,18 +159,19 @@ def test_torchscript_model_is_a_black_box(ckpt, image_files, tmp_path):
 
 
 def test_explainer_checkpoint_runs_salvage_with_surrogate_metrics(root, ckpt, tmp_path):
-    sur = train.main(tiny_stage_args(root, "sur", "surrogate_synthetic", "--model.init_args.classifier_ckpt", ckpt))
+    quick = ["--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0"]
+    sur = train.main(tiny_stage_args(root, "sur", "surrogate_synthetic", "--model.init_args.classifier_ckpt", ckpt,
+                                     *quick))[0]["last_checkpoint"]
     expl = train.main(tiny_stage_args(
-        root, "expl", "salvage_synthetic", "--model.init_args.surrogate_ckpt", sur[0]["best_checkpoint"],
-        "--model.init_args.masks_per_image", "4", "--model.init_args.val_r_masks", "2",
-        "--model.init_args.test_r_masks", "2", "--trainer.limit_train_batches", "1"))[0]["best_checkpoint"]
+        root, "expl", "salvage_synthetic", "--model.init_args.surrogate_ckpt", sur, *quick,
+        "--model.init_args.masks_per_image", "4", "--model.init_args.test_r_masks", "2"))[0]["last_checkpoint"]
     out = tmp_path / "out"
     records = explain.main(["--ckpt", expl, "--method", "salvage,random", *DATA[:2], "--limit", "2", *DATA[4:],
-                            "--out", str(out), "--option", "salvage.unused=1"][:-2] + ["--steps", "4"])
+                            "--out", str(out), "--steps", "4", "--srg-masks", "4"])
     assert {r["method"] for r in records} == {"salvage", "random"}
     for rec in records:
         assert {"srg", "r_srg", "rra", "rma", "in", "size"} <= set(rec["metrics"]) and _finite(rec)
         assert -1 <= rec["metrics"]["srg"] <= 1
     assert (out / "comparison.md").read_text().count("\n") == 4
     with pytest.raises(SystemExit, match="'salvage' needs a explainer checkpoint, but --ckpt is a surrogate"):
-        explain.main(["--ckpt", sur[0]["best_checkpoint"], "--method", "salvage", *DATA, "--out", str(tmp_path)])
+        explain.main(["--ckpt", sur, "--method", "salvage", *DATA, "--out", str(tmp_path)])
