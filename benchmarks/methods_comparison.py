@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--table", default=str(ROOT / "benchmarks" / "results" / "methods_synthetic.md"))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--srg-masks", type=int, default=128, help="R-SRG masks per subset size (Salvage: 128)")
     p.add_argument("--data-arg", action="append", default=[])
     p.add_argument("--option", action="append", default=[])
     args = p.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("error: give --explainer CKPT or --train")
     names = args.methods.split(",") if args.methods else [m for m in available() if m != "vit_shapley"]
     common = ["--data", args.data, "--limit", str(args.limit), "--batch-size", str(args.batch_size),
-              "--devices", str(args.devices)]
+              "--devices", str(args.devices), "--srg-masks", str(args.srg_masks)]
     common += [a for d in args.data_arg for a in ("--data-arg", d)] + [a for o in args.option for a in ("--option", o)]
     start = time.time()
     records = explain.main(["--ckpt", ckpt, "--method", ",".join(names), "--out", args.out, *common])
