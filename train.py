@@ -46,14 +46,17 @@ def wandb_offline() -> bool:
 
 
 class MidEpochCheckpoint(Callback):
-    """Refresh last.ckpt every n training steps, so that a run killed mid-epoch resumes close to where it stopped."""
+    """Write last.ckpt every n training steps and at every epoch end: a run killed mid-epoch resumes close to where it was."""
 
     def __init__(self, path: Path, every_n_steps: int) -> None:
         self.path, self.every_n_steps = path, every_n_steps
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class ExperimentCLI(LightningCLI):
@@ -81,8 +84,10 @@ class ExperimentCLI(LightningCLI):
             kwargs["logger"] = self._logger()
         monitor, mode = getattr(type(self.model), "monitor", ("val/loss", "min"))
         ckpt_dir = self.run_dir / "checkpoints"
+        configured = trainer_cfg.get("callbacks") or []
         kwargs["callbacks"] = [
-            ModelCheckpoint(ckpt_dir, "best", monitor=monitor, mode=mode, save_last=True),
+            *(configured if isinstance(configured, list) else [configured]),
+            ModelCheckpoint(ckpt_dir, "best", monitor=monitor, mode=mode),
             MidEpochCheckpoint(ckpt_dir / "last.ckpt", self.config.checkpoint_every_n_steps),
         ]
         return super().instantiate_trainer(**kwargs)

@@ -21,6 +21,8 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from attribution.evaluation import EvaluationCallback
+
 from interventions.gradual import gradual_intervention_test
 from interventions.plot import figure_to_array, intervention_strip, plot_prediction_curve
 from interventions.properties import PropertyFactory, get_property
@@ -28,7 +30,7 @@ from interventions.properties import PropertyFactory, get_property
 _COLUMNS = ("index", "gradient", "p_value", "significant", "flip_count", "flipped", "target", "valid")
 
 
-class GradualInterventionCallback(L.Callback):
+class GradualInterventionCallback(EvaluationCallback):
     """After fit/test: Algorithm 1 and E_x|dF/dx| per property on fixed test images (poster sections 3-4)."""
 
     def __init__(
@@ -48,31 +50,15 @@ class GradualInterventionCallback(L.Callback):
         run_after_test: bool = True,
         model_attr: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(split, run_after_fit, run_after_test)
         names = properties.items() if isinstance(properties, dict) else ((p, get_property(p)) for p in properties)
         self.properties: dict[str, PropertyFactory] = dict(names)
         self.num_images, self.num_steps, self.num_permutations = num_images, num_steps, num_permutations
-        self.delta, self.plus_one, self.num_plot, self.split = delta, plus_one, num_plot, split
+        self.delta, self.plus_one, self.num_plot = delta, plus_one, num_plot
         self.exclude_classes = set(exclude_classes or ())
         self.seed, self.batch_size = seed, batch_size
-        self.run_after_fit, self.run_after_test, self.model_attr = run_after_fit, run_after_test, model_attr
+        self.model_attr = model_attr
         self.results: dict[str, dict[str, Any]] = {}
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.run_after_fit:
-            self.evaluate(trainer, pl_module, "fit")
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.run_after_test:
-            self.evaluate(trainer, pl_module, "test")
-
-    def _dataset(self, trainer: L.Trainer) -> Any:
-        dm = trainer.datamodule
-        if dm is None:
-            raise RuntimeError("GradualInterventionCallback needs a datamodule with data_<split> datasets")
-        if getattr(dm, f"data_{self.split}", None) is None:
-            dm.setup("test" if self.split == "test" else "fit")
-        return getattr(dm, f"data_{self.split}")
 
     def _select(self, dataset: Any) -> list[int]:
         chosen = []
@@ -86,7 +72,7 @@ class GradualInterventionCallback(L.Callback):
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> dict[str, dict[str, Any]]:
         """Run every property's test on this rank's shard, gather, and log on rank 0."""
-        dataset = self._dataset(trainer)
+        dataset = self.dataset(trainer)
         indices = self._select(dataset)
         world, rank = trainer.world_size, trainer.global_rank
         mine = indices[rank::world]

@@ -22,6 +22,8 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from attribution.evaluation import EvaluationCallback
+
 from attribution.overlay import figure_array, save_overlay
 from rex.explainer import ReX, ReXConfig
 from rex.metrics import fraction_inside, fraction_outside, insertion_deletion
@@ -31,7 +33,7 @@ _COLUMNS = ("index", "size", "insertion", "deletion", "in", "out", "target", "co
 _METRICS = ("size", "insertion", "deletion", "in", "out")
 
 
-class ReXCallback(L.Callback):
+class ReXCallback(EvaluationCallback):
     """After fit/test: Algorithm 3 on fixed test images, section 6 metrics (Tables 1-3), overlays; DDP-sharded."""
 
     def __init__(
@@ -46,28 +48,11 @@ class ReXCallback(L.Callback):
         run_after_test: bool = True,
         model_attr: str | None = "model",
     ) -> None:
-        super().__init__()
+        super().__init__(split, run_after_fit, run_after_test)
         self.config = rex if isinstance(rex, ReXConfig) else ReXConfig(**(rex or {}))
-        self.num_images, self.split, self.batch_size, self.steps = num_images, split, batch_size, steps
-        self.num_log, self.run_after_fit, self.run_after_test = num_log, run_after_fit, run_after_test
+        self.num_images, self.batch_size, self.steps, self.num_log = num_images, batch_size, steps, num_log
         self.model_attr = model_attr
         self.results: dict[str, Any] = {}
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.run_after_fit:
-            self.evaluate(trainer, pl_module, "fit")
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.run_after_test:
-            self.evaluate(trainer, pl_module, "test")
-
-    def _dataset(self, trainer: L.Trainer) -> Any:
-        dm = trainer.datamodule
-        if dm is None:
-            raise RuntimeError("ReXCallback needs a datamodule with data_<split> datasets")
-        if getattr(dm, f"data_{self.split}", None) is None:
-            dm.setup({"test": "test", "val": "validate"}.get(self.split, "fit"))
-        return getattr(dm, f"data_{self.split}")
 
     def _explain(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """ReX on one batch: per-image table rows (b, len(_COLUMNS)), maps (b, H, W), explanations (b, H, W)."""
@@ -90,7 +75,7 @@ class ReXCallback(L.Callback):
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> dict[str, Any]:
         """Explain this rank's shard, gather every rank's results, and log them on rank 0."""
-        dataset = self._dataset(trainer)
+        dataset = self.dataset(trainer)
         indices = list(range(min(self.num_images, len(dataset))))
         world, rank = trainer.world_size, trainer.global_rank
         mine = indices[rank::world]

@@ -48,7 +48,7 @@ class MaskableModule(L.LightningModule):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.eval_seed = eval_seed
         self.test_acc = torch.nn.ModuleDict(
-            {self._frac_key(f): MulticlassAccuracy(num_classes) for f in (0.0, *MASKED_FRACTIONS)}
+            {self._frac_key(f): MulticlassAccuracy(num_classes, average="micro") for f in (0.0, *MASKED_FRACTIONS)}
         )
 
     @staticmethod
@@ -122,18 +122,23 @@ class ClassifierModule(MaskableModule):
         weight_decay: float = 1e-5,
         warmup_steps: int = 500,
         label_smoothing: float = 0.0,
+        hflip: bool = False,
         eval_seed: int = 0,
     ) -> None:
         super().__init__(num_classes, lr, weight_decay, warmup_steps, eval_seed)
         self.save_hyperparameters()
         self.model = build_classifier(backbone, num_classes, img_size, pretrained, patch_size, backbone_kwargs)
-        self.val_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         return self.model(images, patch_mask)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self.model(batch["image"])
+        images = batch["image"]
+        if self.hparams.hflip:
+            flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
+            images = torch.where(flip, images.flip(-1), images)
+        logits = self.model(images)
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True)
         return self.check_finite(loss)

@@ -50,7 +50,7 @@ class SurrogateModule(MaskableModule):
         self.model = build_classifier(**{**backbone_spec, "pretrained": False})
         self.teacher: torch.nn.Module | None = None
         self.val_kl = MeanMetric()
-        self.agreement = MulticlassAccuracy(backbone_spec["num_classes"])
+        self.agreement = MulticlassAccuracy(backbone_spec["num_classes"], average="micro")
 
     def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         return self.model(images, patch_mask)

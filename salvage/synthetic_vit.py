@@ -41,14 +41,14 @@ class ConvPatchEmbed(PatchEmbed):
 
 
 default_cfgs = generate_default_cfgs(
-    {"vit_tiny_convpatch8": {"input_size": (3, 64, 64), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}}
+    {"vit_tiny_convpatch16": {"input_size": (3, 64, 64), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}}
 )
 
 
 @register_model
-def vit_tiny_convpatch8(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """A 4-block ViT with per-patch convolutional embedding, 8 px patches and 4 registers (CPU-sized)."""
+def vit_tiny_convpatch16(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """A 4-block ViT with per-patch convolutional embedding, 16 px patches and 4 registers (CPU-sized)."""
     if pretrained:
-        raise ValueError("vit_tiny_convpatch8 has no pretrained weights; set pretrained: false")
-    args = dict(img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3, reg_tokens=4, no_embed_class=True)
-    return build_model_with_cfg(VisionTransformer, "vit_tiny_convpatch8", pretrained=False, embed_layer=ConvPatchEmbed, **{**args, **kwargs})
+        raise ValueError("vit_tiny_convpatch16 has no pretrained weights; set pretrained: false")
+    args = dict(img_size=64, patch_size=16, embed_dim=96, depth=4, num_heads=3, reg_tokens=4, no_embed_class=True)
+    return build_model_with_cfg(VisionTransformer, "vit_tiny_convpatch16", pretrained=False, embed_layer=ConvPatchEmbed, **{**args, **kwargs})
