@@ -1,0 +1,34 @@
+"""Base of the evaluation callbacks: run an evaluation on fixed images of a datamodule split after fit and/or test."""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+
+class EvaluationCallback(L.Callback):
+    """Calls `evaluate(trainer, pl_module, stage)` after fit and/or test on the images of `data_<split>`."""
+
+    def __init__(self, split: str = "test", run_after_fit: bool = True, run_after_test: bool = True) -> None:
+        super().__init__()
+        self.split, self.run_after_fit, self.run_after_test = split, run_after_fit, run_after_test
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.run_after_fit:
+            self.evaluate(trainer, pl_module, "fit")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.run_after_test:
+            self.evaluate(trainer, pl_module, "test")
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> Any:
+        raise NotImplementedError
+
+    def dataset(self, trainer: L.Trainer) -> Any:
+        """The datamodule's `data_<split>`, set up on demand."""
+        dm = trainer.datamodule
+        if dm is None:
+            raise RuntimeError(f"{type(self).__name__} needs a datamodule with data_<split> datasets")
+        if getattr(dm, f"data_{self.split}", None) is None:
+            dm.setup({"test": "test", "val": "validate"}.get(self.split, "fit"))
+        return getattr(dm, f"data_{self.split}")
