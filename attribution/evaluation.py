@@ -1,9 +1,11 @@
 """Base of the evaluation callbacks: run an evaluation on fixed images of a datamodule split after fit and/or test."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
+import torch
 
 
 class EvaluationCallback(L.Callback):
@@ -23,6 +25,16 @@ class EvaluationCallback(L.Callback):
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> Any:
         raise NotImplementedError
+
+    def shard(self, trainer: L.Trainer, indices: list[int]) -> tuple[list[int], int]:
+        """This rank's images (rank::world_size) and the padded shard length every rank gathers."""
+        world = trainer.world_size
+        return indices[trainer.global_rank :: world], max(1, math.ceil(len(indices) / world))
+
+    def classifier(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        """The model to evaluate: `pl_module.<model_attr>`, or the module itself."""
+        model_attr = getattr(self, "model_attr", None)
+        return getattr(pl_module, model_attr) if model_attr else pl_module
 
     def dataset(self, trainer: L.Trainer) -> Any:
         """The datamodule's `data_<split>`, set up on demand."""

@@ -11,7 +11,6 @@ strip of the first image (to W&B if a WandbLogger is attached; otherwise a PNG p
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +73,8 @@ class GradualInterventionCallback(EvaluationCallback):
         """Run every property's test on this rank's shard, gather, and log on rank 0."""
         dataset = self.dataset(trainer)
         indices = self._select(dataset)
-        world, rank = trainer.world_size, trainer.global_rank
-        mine = indices[rank::world]
-        per_rank = max(1, math.ceil(len(indices) / world))
-        model = getattr(pl_module, self.model_attr) if self.model_attr else pl_module
+        mine, per_rank = self.shard(trainer, indices)
+        model = self.classifier(pl_module)
         was_training = model.training
         model.eval()
         batch = None
@@ -92,7 +89,7 @@ class GradualInterventionCallback(EvaluationCallback):
             intervention = None
             if batch is not None:
                 intervention = factory(batch, dataset)
-                gen = torch.Generator().manual_seed(self.seed + 7919 * rank)
+                gen = torch.Generator().manual_seed(self.seed + 7919 * trainer.global_rank)
                 res = gradual_intervention_test(
                     model, batch["image"], intervention, self.num_steps, self.num_permutations, self.delta, gen,
                     plus_one=self.plus_one, batch_size=self.batch_size,
@@ -102,7 +99,7 @@ class GradualInterventionCallback(EvaluationCallback):
                 table[: len(mine)] = torch.stack([c.to(torch.float64) for c in cols], 1)
                 curves[: len(mine)] = res.curve.to(torch.float64)
             table, curves = pl_module.all_gather(table), pl_module.all_gather(curves)
-            if world > 1:
+            if trainer.world_size > 1:
                 table, curves = table.flatten(0, 1), curves.flatten(0, 1)
             keep = table[:, -1] > 0
             order = table[keep, 0].argsort()

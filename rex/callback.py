@@ -77,10 +77,8 @@ class ReXCallback(EvaluationCallback):
         """Explain this rank's shard, gather every rank's results, and log them on rank 0."""
         dataset = self.dataset(trainer)
         indices = list(range(min(self.num_images, len(dataset))))
-        world, rank = trainer.world_size, trainer.global_rank
-        mine = indices[rank::world]
-        per_rank = max(1, math.ceil(len(indices) / world))
-        model = getattr(pl_module, self.model_attr) if self.model_attr else pl_module
+        mine, per_rank = self.shard(trainer, indices)
+        model = self.classifier(pl_module)
         was_training = model.training
         model.eval()
         h, w = dataset[0]["image"].shape[-2:]
@@ -99,7 +97,7 @@ class ReXCallback(EvaluationCallback):
             images[rows] = batch["image"]
         model.train(was_training)
         gathered = [pl_module.all_gather(t) for t in (table, maps, expl, images)]
-        if world > 1:
+        if trainer.world_size > 1:
             gathered = [t.flatten(0, 1) for t in gathered]
         table, maps, expl, images = gathered
         keep = table[:, -1] > 0
