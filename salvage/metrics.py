@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from attribution.maps import to_pixel_map
+from attribution.maps import select_class, to_pixel_map
 from salvage.sampling import min_max_normalise, weighted_subsets
 
 Game = Callable[[Tensor, Tensor], Tensor]
@@ -20,10 +20,7 @@ Game = Callable[[Tensor, Tensor], Tensor]
 
 def patch_scores(maps: Tensor, grid: tuple[int, int], target: Tensor | None = None) -> Tensor:
     """Scores (B, n) over the patch grid: the target class of a (B, C, gh, gw) map, pixel maps averaged per patch."""
-    if maps.dim() == 4:
-        if target is None:
-            raise ValueError("a per-class map (B, C, gh, gw) needs `target` to pick one class")
-        maps = maps[torch.arange(maps.shape[0], device=maps.device), target.to(maps.device)]
+    maps = select_class(maps, target)
     if maps.dim() != 3:
         raise ValueError(f"expected maps (B, gh, gw), (B, C, gh, gw) or (B, H, W), got {tuple(maps.shape)}")
     if tuple(maps.shape[-2:]) != tuple(grid):
