@@ -68,9 +68,11 @@ def load_model(path: str | Path, img_size: int | None = None, grid: int = 8) -> 
     if is_torchscript(path):
         size = img_size or 224
         scripted = torch.jit.load(str(path), map_location="cpu").eval()
+        mean = getattr(scripted, "mean", None)
+        fill = "black" if mean is None else f"its mean colour {[round(float(v), 3) for v in mean.flatten()]}"
         print(f"note: {path} is a TorchScript model: treated as a black box on {size} px images (--img-size), "
-              f"perturbed on a {grid}x{grid} grid (--grid)")
-        return LoadedModel(BlackBoxModel(scripted, size, (grid, grid)), None, None, None, size)
+              f"perturbed on a {grid}x{grid} grid (--grid), masked pixels set to {fill}")
+        return LoadedModel(BlackBoxModel(scripted, size, (grid, grid), mean), None, None, None, size)
     try:
         module = salvage.stage_module(path).eval()
     except (ValueError, FileNotFoundError) as err:

@@ -17,21 +17,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attribution.registry import Access, available, get, register
+from rex.blackbox import mask_fill
 
 ACCESS_LEVEL = {"black": 0, "grey": 1, "white": 2}
 _NEEDS = {"grey": "model internals (activations or attention weights)", "white": "gradients"}
 
 
 class BlackBoxModel(nn.Module):
-    """A model known only as a function images (B, 3, H, W) in [0, 1] -> logits, e.g. a TorchScript file."""
+    """A model known only as a function images (B, 3, H, W) in [0, 1] -> logits, e.g. a TorchScript file; `mean`
+    (its input normalisation mean, when known) is the colour that perturbation methods mask with."""
 
     access: Access = "black"
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], img_size: int, patch_grid: tuple[int, int] = (8, 8)) -> None:
+    def __init__(self, fn: Callable[[Tensor], Tensor], img_size: int, patch_grid: tuple[int, int] = (8, 8),
+                 mean: Tensor | None = None) -> None:
         super().__init__()
         self.fn = fn
         self.img_size = img_size
         self.patch_grid = tuple(patch_grid)
+        if mean is not None:
+            self.register_buffer("mean", torch.as_tensor(mean).float().view(1, -1, 1, 1), persistent=False)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
@@ -100,6 +105,11 @@ def feature_mask(model: nn.Module, images: Tensor) -> Tensor:
 def _to_patches(attr: Tensor, grid: tuple[int, int]) -> Tensor:
     """Per-pixel attributions (B, 3, H, W), constant on patches, as a patch map (B, gh, gw)."""
     return F.adaptive_avg_pool2d(attr.float().sum(1, keepdim=True), grid)[:, 0]
+
+
+def _fill(model: nn.Module, images: Tensor) -> Tensor:
+    """What a perturbation method puts in place of removed pixels: ReX's mask value, shaped like `images`."""
+    return mask_fill(model).to(images).expand_as(images)
 
 
 def _forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -173,11 +183,12 @@ def _per_image_surrogate(
     """KernelSHAP / LIME fit one surrogate model per image over the patch features: patch map (B, gh, gw)."""
     grid = patch_grid(model, images)
     mask = feature_mask(model, images)
+    fill = _fill(model, images[:1])
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         attrs = [
-            explainer.attribute(img[None], baselines=0.0, target=int(t), feature_mask=mask, n_samples=n_samples,
+            explainer.attribute(img[None], baselines=fill, target=int(t), feature_mask=mask, n_samples=n_samples,
                                 perturbations_per_eval=chunk)
             for img, t in zip(images, target)
         ]
@@ -191,7 +202,7 @@ def kernel_shap(
     model: nn.Module, images: Tensor, target: Tensor | None = None, n_samples: int = 256, chunk: int = 64,
     seed: int = 0,
 ) -> Tensor:
-    """KernelSHAP (Lundberg and Lee 2017) over the model's patches (masked to 0): patch map (B, gh, gw)."""
+    """KernelSHAP (Lundberg and Lee 2017) over the model's patches (masked to the model's mean colour): patch map (B, gh, gw)."""
     from captum.attr import KernelShap
 
     with torch.no_grad():
@@ -203,7 +214,7 @@ def lime(
     model: nn.Module, images: Tensor, target: Tensor | None = None, n_samples: int = 256, chunk: int = 64,
     seed: int = 0, alpha: float = 1.0,
 ) -> Tensor:
-    """LIME (Ribeiro et al. 2016): ridge surrogate over the model's patches (masked to 0): patch map (B, gh, gw)."""
+    """LIME (Ribeiro et al. 2016): ridge surrogate over the model's patches (masked to the model's mean colour): patch map (B, gh, gw)."""
     from captum._utils.models.linear_model import SkLearnRidge
     from captum.attr import Lime
 
@@ -214,14 +225,14 @@ def lime(
 
 @_method("occlusion", "black")
 def occlusion(model: nn.Module, images: Tensor, target: Tensor | None = None, chunk: int = 64) -> Tensor:
-    """Occlusion (Zeiler and Fergus 2014): output drop when one patch is set to 0: patch map (B, gh, gw)."""
+    """Occlusion (Zeiler and Fergus 2014): output drop when one patch is set to the model's mean colour: patch map (B, gh, gw)."""
     from captum.attr import Occlusion
 
     grid = patch_grid(model, images)
     window = (images.shape[1], -(-images.shape[-2] // grid[0]), -(-images.shape[-1] // grid[1]))
     with torch.no_grad():
         attr = Occlusion(_forward(model)).attribute(
-            images, sliding_window_shapes=window, strides=window, baselines=0.0, target=target,
+            images, sliding_window_shapes=window, strides=window, baselines=_fill(model, images), target=target,
             perturbations_per_eval=chunk,
         )
     return _to_patches(attr, grid) / images.shape[1]
@@ -296,15 +307,16 @@ def rise(
     model: nn.Module, images: Tensor, target: Tensor | None = None, n_masks: int = 1000, cells: int | None = None,
     p: float = 0.5, chunk: int = 256, seed: int = 0,
 ) -> Tensor:
-    """RISE (Petsiuk et al. 2018, eq. 6): sum_i p_target(I * M_i) M_i / (N p), masks shared by the batch: (B, H, W)."""
+    """RISE (Petsiuk et al. 2018, eq. 6): sum_i p_target(I * M_i + fill * (1 - M_i)) M_i / (N p), masks shared by the batch: (B, H, W)."""
     cells = cells or max(patch_grid(model, images))
     g = torch.Generator().manual_seed(seed)
     masks = rise_masks(n_masks, cells, images.shape[-2:], p, g).to(images)
+    fill = _fill(model, images)
     b = images.shape[0]
     scores = []
     with torch.no_grad():
         for m in masks.split(max(1, chunk // b)):
-            mutants = (images[:, None] * m[None, :, None]).flatten(0, 1)
+            mutants = torch.lerp(fill[:, None], images[:, None], m[None, :, None]).flatten(0, 1)
             probs = model(mutants).float().softmax(-1).view(b, m.shape[0], -1)
             scores.append(probs.gather(2, target.view(b, 1, 1).expand(b, m.shape[0], 1))[..., 0])
     weights = torch.cat(scores, 1)

@@ -1,26 +1,51 @@
 """The classifier as a black box (section 4): masked images in, class probabilities out, calls counted."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+MaskValue = float | Sequence[float] | Tensor | None
 
-def apply_mask(images: Tensor, index: Tensor, visible: Tensor, mask_value: float = 0.0) -> Tensor:
+
+def mask_fill(model: nn.Module, value: MaskValue = None) -> Tensor:
+    """The value masked pixels take: `value` (a number or one per channel) or, when None, the model's input
+    normalisation mean (its `mean` buffer), i.e. 0 after normalisation as in rex-xai; black for a model without one."""
+    if value is None:
+        value = getattr(model, "mean", None)
+        if not isinstance(value, Tensor):
+            value = 0.0
+    fill = torch.as_tensor(value, dtype=torch.float32).detach().flatten()
+    if fill.numel() not in (1, 3):
+        raise ValueError(f"mask value must be one number or one per channel (3), got {fill.numel()} values")
+    return fill.view(1, -1, 1, 1)
+
+
+def apply_mask(images: Tensor, index: Tensor, visible: Tensor, mask_value: MaskValue = 0.0) -> Tensor:
     """Section 4: mutant images, pixels of images[index] outside `visible` (M, H, W) set to `mask_value`."""
-    return torch.where(visible[:, None], images[index], torch.as_tensor(mask_value, dtype=images.dtype))
+    fill = torch.as_tensor(mask_value, dtype=images.dtype, device=images.device)
+    return torch.where(visible[:, None], images[index], fill.view(1, -1, 1, 1) if fill.dim() else fill)
 
 
 @dataclass
 class BlackBox:
-    """Section 4: `model(images) -> logits` queried in chunks of `max_batch`, counting calls and images."""
+    """Section 4: `model(images) -> logits` queried in chunks of `max_batch`, counting calls and images; masked
+    pixels take `mask_value` (default: the model's normalisation mean, see `mask_fill`)."""
 
     model: nn.Module
     max_batch: int = 256
-    mask_value: float = 0.0
+    mask_value: MaskValue = None
     calls: int = field(default=0, init=False)
     images: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.mask_value = mask_fill(self.model, self.mask_value)
+
+    def blank(self, images: Tensor) -> Tensor:
+        """Fully masked copies of `images`."""
+        return self.mask_value.to(images).expand_as(images).clone()
 
     @torch.no_grad()
     def probabilities(self, images: Tensor) -> Tensor:

@@ -18,7 +18,8 @@ from rex.search import responsibility_map
 @dataclass
 class ReXConfig:
     """Section 6.1 defaults: N = 20 partitions of 4 boxes, minimum superpixel 10 px, "area" queue of length 1,
-    uniform split points, mask value 0. `max_batch` None = 16 mutants per model call on CPU (small batches
+    uniform split points, mask value 0 after the model's input normalisation (None = the model's `mean`,
+    see `rex.blackbox.mask_fill`). `max_batch` None = 16 mutants per model call on CPU (small batches
     stay in cache: measured 2x faster per mutant than 512 for a small CNN), 1024 on an accelerator."""
 
     n_partitions: int = 20
@@ -29,7 +30,7 @@ class ReXConfig:
     dist_args: tuple[float, ...] = ()
     confidence_filter: float = 0.0
     work_budget: int | None = None
-    mask_value: float = 0.0
+    mask_value: float | tuple[float, float, float] | None = None
     min_confidence: float = 0.0
     candidates: int = 32
     n_explanations: int = 1

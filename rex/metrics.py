@@ -6,13 +6,13 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from rex.blackbox import BlackBox
+from rex.blackbox import BlackBox, MaskValue
 from rex.extraction import extract, pixel_rank
 
 
 def explanation_size(
     model: nn.Module | BlackBox, images: Tensor, maps: Tensor, target: Tensor, min_confidence: float = 0.0,
-    max_batch: int = 256, mask_value: float = 0.0,
+    max_batch: int = 256, mask_value: MaskValue = None,
 ) -> tuple[Tensor, Tensor]:
     """Section 6: (size fraction (B,), explanation mask (B, 1, H, W)) by Algorithm 3's extraction on `maps`."""
     bb = model if isinstance(model, BlackBox) else BlackBox(model, max_batch, mask_value)
@@ -22,7 +22,7 @@ def explanation_size(
 
 def insertion_deletion(
     model: nn.Module | BlackBox, images: Tensor, maps: Tensor, target: Tensor, steps: int = 50,
-    max_batch: int = 256, mask_value: float = 0.0,
+    max_batch: int = 256, mask_value: MaskValue = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Section 6: insertion and deletion curves (B, steps + 1) of the target probability over the fraction of
     pixels inserted / deleted in ranking order, divided by the full image's probability, and their AUCs (B,)."""
@@ -58,7 +58,7 @@ def fraction_outside(explanation: Tensor, region: Tensor) -> Tensor:
 def rex_metrics(
     model: nn.Module | BlackBox, images: Tensor, maps: Tensor, target: Tensor, gt_mask: Tensor | None = None,
     occluder_mask: Tensor | None = None, steps: int = 50, min_confidence: float = 0.0, max_batch: int = 256,
-    mask_value: float = 0.0,
+    mask_value: MaskValue = None,
 ) -> dict[str, Tensor]:
     """Section 6, Tables 1-3: per-image size, insertion and deletion AUC, IN and OUT (when masks are given)."""
     bb = model if isinstance(model, BlackBox) else BlackBox(model, max_batch, mask_value)
@@ -78,7 +78,7 @@ class ReXMetrics(Metric):
     full_state_update = False
     names = ("size", "insertion", "deletion", "in", "out")
 
-    def __init__(self, steps: int = 50, min_confidence: float = 0.0, max_batch: int = 256, mask_value: float = 0.0,
+    def __init__(self, steps: int = 50, min_confidence: float = 0.0, max_batch: int = 256, mask_value: MaskValue = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         self.steps, self.min_confidence, self.max_batch, self.mask_value = steps, min_confidence, max_batch, mask_value

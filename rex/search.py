@@ -59,7 +59,7 @@ def responsibility_map(
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    blank = torch.full_like(images, blackbox.mask_value)
+    blank = blackbox.blank(images)
     probs = blackbox.probabilities(torch.cat([images, blank]))
     reference = probs[:b].gather(1, target[:, None])[:, 0]
     full_ok = passes(probs[:b], target, reference, confidence_filter)

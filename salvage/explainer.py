@@ -155,11 +155,16 @@ class ExplainerModule(MaskableModule):
         return out.flatten(-2).float()
 
     def _phi(self, sets: Tensor) -> Tensor:
-        phi = sets[:, 0] - sets[:, 1] if self.hparams.loss == "js" else sets[:, 0]
-        return torch.cat([-phi, phi], dim=1) if self.sigmoid else phi
+        """phi = phi+ - phi- (JS) centred over classes: u(S) (eq. 4) is blind to a per-patch shift shared by all
+        classes, so phi is only defined up to one; the centred gauge removes it. ViT-Shapley: its single phi."""
+        if self.hparams.loss != "js":
+            return sets[:, 0]
+        phi = sets[:, 0] - sets[:, 1]
+        return torch.cat([-phi, phi], dim=1) if self.sigmoid else phi - phi.mean(1, keepdim=True)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Attribution maps (B, C, gh, gw): phi = phi+ - phi- (Salvage) or the efficiently normalised phi (ViT-Shapley)."""
+        """Attribution maps (B, C, gh, gw): phi = phi+ - phi- centred over classes (Salvage) or the efficiently
+        normalised phi (ViT-Shapley)."""
         sets = self._sets(images)
         phi = self._phi(sets)
         if self.hparams.loss == "mse":

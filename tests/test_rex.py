@@ -145,3 +145,23 @@ def test_split_distributions_produce_partitions():
         masks = rex.box_masks(children, 40, 40)
         assert torch.equal(masks.sum(1), rex.box_masks(boxes, 40, 40).long())  # disjoint cover of the parent
         assert (rex.box_area(children) > 0).all()
+
+
+def test_mask_value_defaults_to_the_models_normalisation_mean():
+    class Normalised(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1))
+
+        def forward(self, x):
+            return x.flatten(1)[:, :2]
+
+    images = torch.ones(1, 3, 2, 2)
+    visible = torch.tensor([[[True, False], [False, False]]])
+    mutant = rex.apply_mask(images, torch.tensor([0]), visible, BlackBox(Normalised()).mask_value)
+    assert mutant[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert mutant[0, :, 1, 1].tolist() == pytest.approx([0.2, 0.4, 0.6])
+    assert BlackBox(nn.Identity()).mask_value.flatten().tolist() == [0.0]
+    assert BlackBox(Normalised(), mask_value=0.5).blank(images).unique().tolist() == [0.5]
+    with pytest.raises(ValueError, match="one number or one per channel"):
+        BlackBox(nn.Identity(), mask_value=[0.1, 0.2])

@@ -53,6 +53,10 @@ def test_checkpoint_rebuilds_without_the_surrogate_and_keeps_it_out(explainer_ru
     images = torch.rand(3, 3, 32, 32)
     maps = get("salvage").fn(model, images)
     assert maps.shape == (3, 6, 4, 4) and torch.isfinite(maps).all()
+    sets = model._sets(images).detach()
+    raw = (sets[:, 0] - sets[:, 1]).view(3, 6, 4, 4)
+    assert maps.sum(1).abs().max() < 1e-5, "phi is centred over classes"
+    assert torch.allclose(maps, raw - raw.mean(1, keepdim=True), atol=1e-6)
     probs = model.class_probabilities(images)
     assert torch.allclose(probs.sum(-1), torch.ones(3))
     with pytest.raises(ValueError, match="loss=mse"):
