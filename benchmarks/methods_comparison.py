@@ -11,6 +11,7 @@ Writes `benchmarks/results/methods_synthetic.md` (or `--table`) with the command
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,8 +27,6 @@ STAGES = ("classifier_synthetic", "surrogate_synthetic", "salvage_synthetic")
 
 def train_stages() -> str:
     """Train (or reuse, when results.json exists) the three synthetic stages; the explainer's best checkpoint."""
-    import json
-
     import train
 
     for config in STAGES:
@@ -36,6 +35,17 @@ def train_stages() -> str:
             train.main(["--config", config])
         best = json.loads(results.read_text())["best_checkpoint"]
     return best
+
+
+def masked_class(ckpt: str) -> int:
+    """The class the checkpoint's classifier gives a fully masked image (every pixel at ReX's mask value)."""
+    import torch
+
+    from rex import BlackBox
+
+    loaded = explain.load_model(ckpt)
+    bb = BlackBox(loaded.classifier)
+    return int(bb.probabilities(bb.blank(torch.zeros(1, 3, loaded.img_size, loaded.img_size))).argmax())
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -53,6 +63,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--srg-masks", type=int, default=128, help="R-SRG masks per subset size (Salvage: 128)")
     p.add_argument("--data-arg", action="append", default=[])
     p.add_argument("--option", action="append", default=[])
+    p.add_argument("--reuse", action="store_true", help="tabulate the summary.json files of an earlier run in --out")
     args = p.parse_args(argv)
     ckpt = train_stages() if args.train else args.explainer
     if ckpt is None:
@@ -62,25 +73,40 @@ def main(argv: list[str] | None = None) -> Path:
               "--devices", str(args.devices), "--srg-masks", str(args.srg_masks)]
     common += [a for d in args.data_arg for a in ("--data-arg", d)] + [a for o in args.option for a in ("--option", o)]
     start = time.time()
-    records = explain.main(["--ckpt", ckpt, "--method", ",".join(names), "--out", args.out, *common])
+    runs = [(ckpt, ",".join(names), Path(args.out))]
     if args.vit_shapley and "vit_shapley" in available():
-        records += explain.main(["--ckpt", args.vit_shapley, "--method", "vit_shapley", "--out",
-                                 str(Path(args.out) / "vit_shapley"), *common])
+        runs.append((args.vit_shapley, "vit_shapley", Path(args.out) / "vit_shapley"))
+    records, reused = [], 0
+    for path, methods, out in runs:
+        summary = out / "summary.json"
+        if args.reuse and summary.is_file():
+            records += json.loads(summary.read_text())["records"]
+            reused += 1
+        else:
+            records += explain.main(["--ckpt", path, "--method", methods, "--out", str(out), *common])
     minutes = (time.time() - start) / 60
     access = ", ".join(f"{m} ({get(m).access})" for m in dict.fromkeys(r["method"] for r in records))
+    blank_class = masked_class(ckpt)
+    images = {r["image"]: r["target"] for r in records}
+    blank = sum(t == blank_class for t in images.values())
     table = Path(args.table)
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(
         "# Attribution methods on the synthetic ground-truth scenes\n\n"
         f"Command: `python benchmarks/methods_comparison.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-        f"Explainer checkpoint `{ckpt}`; {args.limit} images of the {args.data} test split; {minutes:.1f} min in all.\n"
+        f"Checkpoint `{ckpt}`; {args.limit} images of the {args.data} test split; "
+        f"{'tabulated from the summary.json of the earlier run' if reused else f'{minutes:.1f} min in all'}.\n"
         f"Methods (access): {access}.\n\n"
         "size: explanation size (fraction of the image, Algorithm 3 extraction on each map; lower is better); "
         "insertion / deletion: normalised AUC (ReX section 6; insertion higher, deletion lower is better); "
         "in: fraction of the explanation inside the target object; out: fraction outside the occluders; "
         "srg / r_srg: Salvage eq. 7-8 on the surrogate (higher is better); rra / rma: relevance rank / mass accuracy "
         "against the object mask. Mean ± std over images; seconds and classifier calls per image (batch share).\n\n"
+        f"The classifier calls the fully masked image (its mean colour) class {blank_class}, so the {blank} of "
+        f"{len(images)} images with that target are 'explained' by any single pixel, whatever the map.\n\n"
         + explain.comparison_table(records)
+        + ("" if not blank else f"\nThe same without those {blank} images:\n\n"
+           + explain.comparison_table([r for r in records if r["target"] != blank_class]))
     )
     print(f"wrote {table}")
     return table
