@@ -81,7 +81,8 @@ def main() -> None:
         explainer = stage_module(path, expect="explainer").eval().to(args.device)
         explainer.attach_game(args.surrogate)
         start = time.time()
-        rows[name] = evaluate(name, lambda x, g, e=explainer: e(x), game, reference, images, masks, labels, args, explainer)
+        rows[name] = evaluate(name, lambda x, g, e=explainer: e(x), game, reference, images, masks, labels, args,
+                              explainer if explainer.hparams.loss == "js" else None)
         rows[name]["seconds"] = time.time() - start
         rows[name]["loss/sampler"] = f"{explainer.hparams.loss}/{explainer.hparams.sampler}"
     rows["Random"] = evaluate(

@@ -175,7 +175,12 @@ class ExplainerModule(MaskableModule):
         return phi.view(images.shape[0], -1, *self.patch_grid)
 
     def class_probabilities(self, images: Tensor) -> Tensor:
-        """Eq. 6, the explainer as a classifier: u(N) = sigma(sum_i phi+_i) (ViT-Shapley: its single phi), (B, C)."""
+        """Eq. 6, the explainer as a classifier: u(N) = sigma(sum_i phi+_i), (B, C). Salvage (loss=js) only."""
+        if self.hparams.loss != "js":
+            raise ValueError(
+                "eq. 6 (the explainer as a classifier) needs phi+ of the JS loss; a loss=mse (ViT-Shapley) explainer "
+                "only learns phi up to the surrogate's own v(N) - v(empty)"
+            )
         sets = self._sets(images)
         return shapley_distribution(sets[:, 0].sum(-1), self.hparams.temperature, self.sigmoid)
 
@@ -235,7 +240,8 @@ class ExplainerModule(MaskableModule):
         self.test_rsrg.update(self._game(), images, maps, target)
         if "mask" in batch:
             self.test_relevance.update(maps, batch["mask"], target)
-        self._classification_step(images, labels)
+        if self.hparams.loss == "js":
+            self._classification_step(images, labels)
         if batch_idx == 0:
             self._log_overlays(images, maps, target)
 

@@ -86,6 +86,8 @@ def test_vit_shapley_variant_takes_a_step_with_one_surrogate_call_for_all_masks(
     maps = get("vit_shapley").fn(model, images)
     full = game(images).softmax(-1) - game(images, torch.zeros(2, 16, dtype=torch.bool)).softmax(-1)
     assert torch.allclose(maps.flatten(2).sum(-1), full, atol=1e-5)  # efficiency after normalisation
+    with pytest.raises(ValueError, match="needs phi\\+ of the JS loss"):
+        model.class_probabilities(images)
 
 
 def test_wrong_settings_fail_early(surrogate_ckpt):
