@@ -10,7 +10,7 @@ from rex.metrics import (
     insertion_deletion,
     rex_metrics,
 )
-from rex.partition import box_area, box_masks, split_boxes
+from rex.partition import box_area, box_masks, quadrant_labels, split_boxes
 from rex.responsibility import responsibility, subset_outcomes
 from rex.search import passes, responsibility_map
 
@@ -18,6 +18,6 @@ __all__ = [
     "BlackBox", "Extraction", "ReX", "ReXConfig", "ReXMetrics", "ReXResult", "apply_mask", "box_area", "box_masks",
     "explain", "explanation_size", "extract", "fraction_inside", "fraction_outside", "insertion_deletion",
     "multiple_explanations", "passes", "pixel_rank", "responsibility", "responsibility_map", "rex_metrics",
-    "split_boxes", "subset_outcomes",
+    "quadrant_labels", "split_boxes", "subset_outcomes",
 ]
 from rex.callback import ReXCallback  # noqa: E402  (evaluation callback, explain.py issue)

@@ -24,9 +24,12 @@ def mask_fill(model: nn.Module, value: MaskValue = None) -> Tensor:
 
 
 def apply_mask(images: Tensor, index: Tensor, visible: Tensor, mask_value: MaskValue = 0.0) -> Tensor:
-    """Section 4: mutant images, pixels of images[index] outside `visible` (M, H, W) set to `mask_value`."""
+    """Section 4: mutant images, pixels of images[index] outside `visible` (M, H, W) set to `mask_value`
+    (a lerp with 0/1 weights: exact at both ends and several times faster on CPU than `torch.where`)."""
     fill = torch.as_tensor(mask_value, dtype=images.dtype, device=images.device)
-    return torch.where(visible[:, None], images[index], fill.view(1, -1, 1, 1) if fill.dim() else fill)
+    kept = images.index_select(0, index)
+    fill = (fill.view(1, -1, 1, 1) if fill.dim() else fill).expand_as(kept)
+    return torch.lerp(fill, kept, visible[:, None].to(images.dtype))
 
 
 @dataclass

@@ -63,3 +63,18 @@ def box_masks(boxes: Tensor, height: int, width: int, device: torch.device | str
     in_r = (rows >= boxes[..., 0:1]) & (rows < boxes[..., 1:2])
     in_c = (cols >= boxes[..., 2:3]) & (cols < boxes[..., 3:4])
     return in_r[..., :, None] & in_c[..., None, :]
+
+
+def quadrant_labels(children: Tensor, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+    """Label maps (T, H, W) uint8 of split boxes (T, 4, 4) from `split_boxes`: the child (0-3) each pixel of the
+    parent lies in, 4 outside the parent."""
+    children = children.to(device)
+    r0, r1, c0, c1 = children[:, 0, 0], children[:, 3, 1], children[:, 0, 2], children[:, 3, 3]
+    r, c = children[:, 3, 0], children[:, 3, 2]
+    rows = torch.arange(height, device=device)[None, :, None]
+    cols = torch.arange(width, device=device)[None, None, :]
+    below = rows >= r[:, None, None]
+    right = cols >= c[:, None, None]
+    inside = (rows >= r0[:, None, None]) & (rows < r1[:, None, None]) & (cols >= c0[:, None, None]) & (
+        cols < c1[:, None, None])
+    return torch.where(inside, 2 * below.to(torch.uint8) + right.to(torch.uint8), 4).to(torch.uint8)

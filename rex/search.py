@@ -1,8 +1,8 @@
 """Iterative refinement (Algorithm 2) of N random partitions averaged into a pixel map (Algorithm 3, lines 1-9).
 
-All N searches of all images run together, level by level: one level's mutants go to the model in
-chunks of `max_batch`. The returned map holds, for every superpixel P the refinement visited at any level,
-R(P) / |P| on its pixels, averaged over the N partitions.
+All N searches of all images run together, level by level: one level's mutants are built at once from
+per-pixel child labels and go to the model in chunks of `max_batch`. The returned map holds, for every
+superpixel P the refinement visited at any level, R(P) / |P| on its pixels, averaged over the N partitions.
 """
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ import torch
 from torch import Tensor
 
 from rex.blackbox import BlackBox
-from rex.partition import SplitDistribution, box_area, box_masks, split_boxes
+from rex.partition import SplitDistribution, box_area, box_masks, quadrant_labels, split_boxes
 from rex.responsibility import MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityRule, responsibility, subset_outcomes
+
+#: Label of held-constant pixels: bit 5 of every mutant code is set, so they are visible in all 14 mutants;
+#: `quadrant_labels` gives 4 outside the box, whose bit is clear, so those pixels are masked.
+_HELD = 5
+#: Mutant visibility masks are built this many pixels at a time (then sent to the model in `max_batch` chunks).
+_CHUNK_PIXELS = 1 << 24
 
 
 @dataclass
@@ -76,16 +82,16 @@ def responsibility_map(
     )
     work = torch.zeros(n_search, dtype=torch.long, device=dev)
     diff = torch.zeros(b, h + 1, w + 1, dtype=torch.float64, device=dev)
-    mutant_visible = VISIBLE[MUTANT_SUBSETS].to(dev)
-    per_call = max(1, blackbox.max_batch // len(MUTANT_SUBSETS))
+    codes = (MUTANT_SUBSETS | 1 << _HELD).to(dev, torch.uint8)[None, :, None, None]
+    per_chunk = max(1, _CHUNK_PIXELS // (len(MUTANT_SUBSETS) * h * w))
 
     while tasks.search.numel() > 0:
         children = split_boxes(tasks.box, generator, distribution, dist_args)
+        labels = torch.where(tasks.context, _HELD, quadrant_labels(children, h, w, dev)).to(torch.uint8)
         mutant_pass = []
-        for start in range(0, len(children), per_call):
-            sl = slice(start, start + per_call)
-            parts = box_masks(children[sl], h, w, dev)
-            visible = tasks.context[sl, None] | (mutant_visible[None, :, :, None, None] & parts[:, None]).any(2)
+        for start in range(0, len(children), per_chunk):
+            sl = slice(start, start + per_chunk)
+            visible = (codes >> labels[sl, None]) & 1 == 1
             img = image_of[tasks.search[sl]].repeat_interleave(len(MUTANT_SUBSETS))
             p = blackbox.masked_probabilities(images, img, visible.flatten(0, 1))
             mutant_pass.append(passes(p, target[img], reference[img], confidence_filter).view(-1, len(MUTANT_SUBSETS)))

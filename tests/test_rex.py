@@ -147,6 +147,16 @@ def test_split_distributions_produce_partitions():
         assert (rex.box_area(children) > 0).all()
 
 
+def test_quadrant_labels_match_the_child_boxes():
+    boxes = torch.tensor([[0, 16, 0, 16], [3, 9, 2, 30], [5, 6, 7, 8]])  # the last one is too small to split
+    children = rex.split_boxes(boxes, torch.Generator().manual_seed(1))
+    labels = rex.quadrant_labels(children, 40, 40)
+    masks = rex.box_masks(children, 40, 40)
+    for j in range(4):
+        assert torch.equal(labels == j, masks[:, j])
+    assert torch.equal(labels == 4, ~rex.box_masks(boxes, 40, 40))
+
+
 def test_mask_value_defaults_to_the_models_normalisation_mean():
     class Normalised(nn.Module):
         def __init__(self):
