@@ -18,8 +18,9 @@ from rex.responsibility import MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityR
 #: Label of held-constant pixels: bit 5 of every mutant code is set, so they are visible in all 14 mutants;
 #: `quadrant_labels` gives 4 outside the box, whose bit is clear, so those pixels are masked.
 _HELD = 5
-#: Mutant visibility masks are built this many pixels at a time (then sent to the model in `max_batch` chunks).
-_CHUNK_PIXELS = 1 << 24
+#: Mutant visibility masks are built at least this many pixels (and `max_batch` mutants) at a time, then sent to
+#: the model in `max_batch` chunks; 4 M stays in cache on CPU (measured 15 % faster than 16 M for a linear model).
+_CHUNK_PIXELS = 1 << 22
 
 
 @dataclass
@@ -83,7 +84,8 @@ def responsibility_map(
     work = torch.zeros(n_search, dtype=torch.long, device=dev)
     diff = torch.zeros(b, h + 1, w + 1, dtype=torch.float64, device=dev)
     codes = (MUTANT_SUBSETS | 1 << _HELD).to(dev, torch.uint8)[None, :, None, None]
-    per_chunk = max(1, _CHUNK_PIXELS // (len(MUTANT_SUBSETS) * h * w))
+    n_mut = len(MUTANT_SUBSETS)
+    per_chunk = max(1, _CHUNK_PIXELS // (n_mut * h * w), -(-blackbox.max_batch // n_mut))
 
     while tasks.search.numel() > 0:
         children = split_boxes(tasks.box, generator, distribution, dist_args)
@@ -92,9 +94,9 @@ def responsibility_map(
         for start in range(0, len(children), per_chunk):
             sl = slice(start, start + per_chunk)
             visible = (codes >> labels[sl, None]) & 1 == 1
-            img = image_of[tasks.search[sl]].repeat_interleave(len(MUTANT_SUBSETS))
+            img = image_of[tasks.search[sl]].repeat_interleave(n_mut)
             p = blackbox.masked_probabilities(images, img, visible.flatten(0, 1))
-            mutant_pass.append(passes(p, target[img], reference[img], confidence_filter).view(-1, len(MUTANT_SUBSETS)))
+            mutant_pass.append(passes(p, target[img], reference[img], confidence_filter).view(-1, n_mut))
         outcomes = subset_outcomes(torch.cat(mutant_pass), tasks.empty_pass, tasks.full_pass)
         resp = responsibility(outcomes, rule)
 
@@ -102,7 +104,7 @@ def responsibility_map(
         img = image_of[tasks.search].repeat_interleave(N_PARTS)
         _add_boxes(diff, img, children.flatten(0, 1), (resp / area.clamp(min=1)).flatten())
 
-        work.index_add_(0, tasks.search, torch.full_like(tasks.search, len(MUTANT_SUBSETS)))
+        work.index_add_(0, tasks.search, torch.full_like(tasks.search, n_mut))
         go_on = resp.amax(1) - resp.amin(1) > 1e-12
         if work_budget is not None:
             go_on &= work[tasks.search] < work_budget
