@@ -28,7 +28,7 @@ def apply_mask(images: Tensor, index: Tensor, visible: Tensor, mask_value: MaskV
     (a lerp with 0/1 weights: exact at both ends and several times faster on CPU than `torch.where`)."""
     fill = torch.as_tensor(mask_value, dtype=images.dtype, device=images.device)
     kept = images.index_select(0, index)
-    fill = (fill.view(1, -1, 1, 1) if fill.dim() else fill).expand_as(kept)
+    fill = fill.view(1, -1, 1, 1).expand_as(kept)
     return torch.lerp(fill, kept, visible[:, None].to(images.dtype))
 
 

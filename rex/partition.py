@@ -77,4 +77,4 @@ def quadrant_labels(children: Tensor, height: int, width: int, device: torch.dev
     right = cols >= c[:, None, None]
     inside = (rows >= r0[:, None, None]) & (rows < r1[:, None, None]) & (cols >= c0[:, None, None]) & (
         cols < c1[:, None, None])
-    return torch.where(inside, 2 * below.to(torch.uint8) + right.to(torch.uint8), 4).to(torch.uint8)
+    return torch.where(inside, 2 * below.to(torch.uint8) + right.to(torch.uint8), 4)

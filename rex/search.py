@@ -89,7 +89,7 @@ def responsibility_map(
 
     while tasks.search.numel() > 0:
         children = split_boxes(tasks.box, generator, distribution, dist_args)
-        labels = torch.where(tasks.context, _HELD, quadrant_labels(children, h, w, dev)).to(torch.uint8)
+        labels = torch.where(tasks.context, _HELD, quadrant_labels(children, h, w, dev))
         mutant_pass = []
         for start in range(0, len(children), per_chunk):
             sl = slice(start, start + per_chunk)
