@@ -15,27 +15,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def available_configs() -> list[str]:
-    """Names of the configs shipped in configs/."""
-    return sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def resolve_config(name: str) -> Path:
-    """A config path as given, or a bare name (with or without .yaml) looked up in configs/."""
-    candidates = [Path(name)]
-    if os.sep not in name:
-        candidates += [CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise SystemExit(
-        f"error: unknown config {name!r}: no such file, and configs/ has no {Path(name).stem}.yaml.\n"
-        f"Available configs: {', '.join(available_configs())}"
-    )
-
+from evaluation.configs import resolve_config
+from evaluation.discovery import discover
 
 def wandb_offline() -> bool:
     """W&B stays offline unless the user set WANDB_MODE, an API key, or logged in (~/.netrc)."""
@@ -69,6 +50,10 @@ class ExperimentCLI(LightningCLI):
         parser.add_argument("--wandb", type=bool, default=True, help="log to W&B (offline unless configured)")
         parser.add_argument("--wandb_project", type=str, default="explaining-classifiers")
         parser.add_argument("--checkpoint_every_n_steps", type=int, default=200, help="mid-epoch last.ckpt interval")
+        parser.add_argument("--group", type=str | None, default=None,
+                            help="W&B group of the run (a pipeline groups its stages under its name)")
+        parser.add_argument("--test_only", type=bool, default=False,
+                            help="skip fitting: test the checkpoint given by --ckpt_path")
 
     @property
     def run_dir(self) -> Path:
@@ -96,8 +81,10 @@ class ExperimentCLI(LightningCLI):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.config.wandb:
             return CSVLogger(self.run_dir, name="", version="")
+        stage = getattr(self.model_class, "stage", None)
         return WandbLogger(
-            name=self.config.name, project=self.config.wandb_project, save_dir=str(self.run_dir), offline=wandb_offline()
+            name=self.config.name, project=self.config.wandb_project, save_dir=str(self.run_dir),
+            offline=wandb_offline(), group=self.config.group, job_type=stage,
         )
 
 
@@ -113,7 +100,9 @@ def check_compatible(model: L.LightningModule, datamodule: L.LightningDataModule
 
 
 def run_stage(args: list[str]) -> dict[str, Any]:
-    """Fit one stage, test its best checkpoint, write config.yaml and results.json into its run directory."""
+    """Fit one stage, test its best checkpoint, write config.yaml and results.json into its run directory; each
+    stage is a W&B run of its own (finished before the next stage starts), with its resolved config."""
+    discover()
     cli = ExperimentCLI(
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
@@ -128,10 +117,18 @@ def run_stage(args: list[str]) -> dict[str, Any]:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         cli.parser.save(cli.config, run_dir / "config.yaml", overwrite=True, multifile=False)
+    wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+    if wandb and trainer.is_global_zero:
+        wandb[0].experiment.config.update({"stage_config": cli.config.as_dict()}, allow_val_change=True)
     start = time.time()
-    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    if cli.config.test_only:
+        if not cli.config.ckpt_path:
+            raise SystemExit("error: --test_only needs --ckpt_path CHECKPOINT (the checkpoint to test)")
+        best = cli.config.ckpt_path
+    else:
+        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+        best = trainer.checkpoint_callback.best_model_path or None
     fit_seconds = time.time() - start
-    best = trainer.checkpoint_callback.best_model_path or None
     trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=trainer.is_global_zero)
     results = {
         "name": cli.config.name,
@@ -145,6 +142,8 @@ def run_stage(args: list[str]) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    for logger in wandb:
+        logger.experiment.finish()
     return results
 
 
@@ -172,7 +171,7 @@ def run_pipeline(config: Path, spec: dict[str, Any], extra: list[str]) -> list[d
             done[stage["name"]] = json.loads(results_file.read_text())
             print(f"[{stage_name}] already finished, reusing {results_file}")
             continue
-        args = ["--config", str(resolve_config(stage["config"])), "--name", stage_name]
+        args = ["--config", str(resolve_config(stage["config"])), "--name", stage_name, "--group", name]
         args += _as_args(stage.get("overrides"), done) + extra
         print(f"\n=== stage {stage['name']}: {' '.join(args)}")
         done[stage["name"]] = run_stage(args)

@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules import CueConfig, SyntheticScenes  # noqa: E402
 from interventions import gradual_intervention_test, get_property  # noqa: E402
-from salvage import load_checkpoint, stage_module  # noqa: E402
+from models import load_checkpoint, load_stage  # noqa: E402
 
 
 def evaluate(ckpt: str, scenes: SyntheticScenes, indices: list[int], prop: str, steps: int, perms: int) -> dict:
     """Mean property gradient, fraction significant (p < 0.01) and flip rate of one classifier on one property."""
-    model = stage_module(ckpt, expect="classifier").model.eval()
+    model = load_stage(ckpt, expect="classifier").model.eval()
     batch = {k: torch.stack([scenes[i][k] for i in indices]) for k in ("image", "mask", "label")}
     batch["index"] = torch.tensor(indices)
     intervention = get_property(prop)(batch, scenes)

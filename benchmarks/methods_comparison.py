@@ -3,7 +3,7 @@
     python benchmarks/methods_comparison.py --explainer runs/salvage_synthetic/checkpoints/best.ckpt \
         [--vit-shapley runs/vit_shapley_synthetic/checkpoints/best.ckpt] --limit 200
 
-All methods run through explain.py on the Salvage explainer checkpoint, so the black-box methods see the explainer's
+All methods run through the same explain run as explain.py (`evaluation.explain_images`) on the Salvage explainer checkpoint, so the black-box methods see the explainer's
 reference classifier and every method gets SRG / R-SRG on its surrogate; ground truth gives IN, OUT, RRA and RMA.
 `--train` first trains the classifier, surrogate and explainer with configs/{classifier,surrogate,salvage}_synthetic.
 Writes `benchmarks/results/methods_synthetic.md` (or `--table`) with the command, settings and the table.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,33 +20,47 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import explain  # noqa: E402
-from attribution import available, get  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from evaluation import comparison_table, discover, explain_images, load_models, split_items  # noqa: E402
+from explainers import available, get  # noqa: E402
+from models import QueryEngine  # noqa: E402
 
 STAGES = ("classifier_synthetic", "surrogate_synthetic", "salvage_synthetic")
 
 
 def train_stages() -> str:
-    """Train (or reuse, when results.json exists) the three synthetic stages; the explainer's best checkpoint."""
-    import train
-
+    """Train (or reuse, when results.json exists) the three synthetic stages with train.py; the explainer's best
+    checkpoint."""
     for config in STAGES:
         results = ROOT / "runs" / config / "results.json"
         if not results.is_file():
-            train.main(["--config", config])
+            subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", config], cwd=ROOT, check=True)
         best = json.loads(results.read_text())["best_checkpoint"]
     return best
 
 
 def masked_class(ckpt: str) -> int:
-    """The class the checkpoint's classifier gives a fully masked image (every pixel at ReX's mask value)."""
-    import torch
+    """The class the checkpoint's classifier gives a fully masked image (every pixel at the mask value)."""
+    loaded = load_models(ckpt)
+    engine = QueryEngine(loaded.classifier)
+    return int(engine.probabilities(engine.blank(torch.zeros(1, 3, loaded.img_size, loaded.img_size))).argmax())
 
-    from rex import BlackBox
 
-    loaded = explain.load_model(ckpt)
-    bb = BlackBox(loaded.classifier)
-    return int(bb.probabilities(bb.blank(torch.zeros(1, 3, loaded.img_size, loaded.img_size))).argmax())
+def run(ckpt: str, methods: str, out: Path, args: argparse.Namespace) -> list[dict]:
+    """The explain run of one checkpoint on the first `--limit` test images."""
+    loaded = load_models(ckpt)
+    names = methods.split(",")
+    options: dict[str, dict] = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        method, _, name = key.partition(".")
+        options.setdefault(method, {})[name] = yaml.safe_load(value)
+    items, dataset, class_names = split_items(args.data, "test", args.data_arg, args.limit, loaded)
+    return explain_images(loaded, names, items, out, options, None, dataset, class_names,
+                          {"checkpoint": ckpt, "methods": names}, compare=len(names) > 1,
+                          batch_size=args.batch_size, devices=args.devices, srg_masks=args.srg_masks)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -65,13 +80,11 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--option", action="append", default=[])
     p.add_argument("--reuse", action="store_true", help="tabulate the summary.json files of an earlier run in --out")
     args = p.parse_args(argv)
+    discover()
     ckpt = train_stages() if args.train else args.explainer
     if ckpt is None:
         raise SystemExit("error: give --explainer CKPT or --train")
     names = args.methods.split(",") if args.methods else [m for m in available() if m != "vit_shapley"]
-    common = ["--data", args.data, "--limit", str(args.limit), "--batch-size", str(args.batch_size),
-              "--devices", str(args.devices), "--srg-masks", str(args.srg_masks)]
-    common += [a for d in args.data_arg for a in ("--data-arg", d)] + [a for o in args.option for a in ("--option", o)]
     start = time.time()
     runs = [(ckpt, ",".join(names), Path(args.out))]
     if args.vit_shapley and "vit_shapley" in available():
@@ -83,7 +96,7 @@ def main(argv: list[str] | None = None) -> Path:
             records += json.loads(summary.read_text())["records"]
             reused += 1
         else:
-            records += explain.main(["--ckpt", path, "--method", methods, "--out", str(out), *common])
+            records += run(path, methods, out, args)
     minutes = (time.time() - start) / 60
     access = ", ".join(f"{m} ({get(m).access})" for m in dict.fromkeys(r["method"] for r in records))
     blank_class = masked_class(ckpt)
@@ -104,9 +117,9 @@ def main(argv: list[str] | None = None) -> Path:
         "against the object mask. Mean ± std over images; seconds and classifier calls per image (batch share).\n\n"
         f"The classifier calls the fully masked image (its mean colour) class {blank_class}, so the {blank} of "
         f"{len(images)} images with that target are 'explained' by any single pixel, whatever the map.\n\n"
-        + explain.comparison_table(records)
+        + comparison_table(records)
         + ("" if not blank else f"\nThe same without those {blank} images:\n\n"
-           + explain.comparison_table([r for r in records if r["target"] != blank_class]))
+           + comparison_table([r for r in records if r["target"] != blank_class]))
     )
     print(f"wrote {table}")
     return table

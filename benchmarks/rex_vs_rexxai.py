@@ -138,17 +138,18 @@ def _ours(
     model: nn.Module, images: torch.Tensor, rule: str, batched: bool, args: argparse.Namespace,
     work_budget: int | None = None,
 ) -> list[dict]:
-    from rex import ReX
+    from rex import rex_explain
 
-    rex = ReX(n_partitions=args.n_partitions, rule=rule, seed=args.seed, max_batch=args.max_batch,
-              mask_value=args.mask_value, work_budget=work_budget)
+    options = dict(n_partitions=args.n_partitions, rule=rule, seed=args.seed, max_batch=args.max_batch,
+                   mask_value=args.mask_value, work_budget=work_budget)
     groups = [images] if batched else [img[None] for img in images]
     out = []
     for group in groups:
-        res = rex.explain(model, group)
+        e = rex_explain(model, group, **options)
         n = len(group)
-        out += [{"seconds": res.seconds / n, "calls": res.model_calls / n, "images": res.images_evaluated / n,
-                 "size": float(s), "target": int(t)} for s, t in zip(res.size, res.target)]
+        sizes = e.explanation.flatten(1).float().mean(1)
+        out += [{"seconds": e.seconds / n, "calls": e.model_calls / n, "images": e.model_images / n,
+                 "size": float(s), "target": int(t)} for s, t in zip(sizes, e.target)]
     return out
 
 
@@ -182,7 +183,7 @@ def _row(name: str, recs: list[dict], ref_seconds: float | None, model_seconds: 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", help="Lightning checkpoint of salvage.ClassifierModule (default: a small model, --arch)")
+    p.add_argument("--ckpt", help="Lightning checkpoint of models.ClassifierModule (default: a small model, --arch)")
     p.add_argument("--arch", choices=sorted(ARCHS), default="cnn", help="the small model trained without --ckpt")
     p.add_argument("--n-images", type=int, default=20)
     p.add_argument("--img-size", type=int, default=64)
@@ -206,9 +207,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.ckpt:
-        from salvage import ClassifierModule
+        from models import load_stage
 
-        module = ClassifierModule.load_from_checkpoint(args.ckpt, weights_only=True, map_location="cpu")
+        module = load_stage(args.ckpt, expect="classifier")
         classifier, args.img_size, source = module.model, module.hparams.img_size, f"checkpoint `{args.ckpt}`"
         mean, std = module.model.mean.flatten(), module.model.std.flatten()
     else:

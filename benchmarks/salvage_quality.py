@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 
 from datamodules import SyntheticDataModule
-from salvage import ExplainerModule, stage_module
+from models import load_stage
+from salvage import ExplainerModule
 from salvage.explainer import surrogate_backbone_spec
-from salvage.metrics import relative_srg_scores, relevance_mass_accuracy, relevance_rank_accuracy, srg_scores
+from explainers.metrics import relevance_mass_accuracy, relevance_rank_accuracy
+from salvage.metrics import relative_srg_scores, srg_scores
 
 COLUMNS = ("srg", "r_srg", "rma", "rra", "mif", "lif", "r_mif", "r_lif")
 
@@ -78,7 +80,7 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     for item in args.explainer:
         name, path = item.split("=", 1)
-        explainer = stage_module(path, expect="explainer").eval().to(args.device)
+        explainer = load_stage(path, expect="explainer").eval().to(args.device)
         explainer.attach_game(args.surrogate)
         start = time.time()
         rows[name] = evaluate(name, lambda x, g, e=explainer: e(x), game, reference, images, masks, labels, args,

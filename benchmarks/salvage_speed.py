@@ -17,7 +17,8 @@ import torch
 from captum.attr import KernelShap
 
 from datamodules import SyntheticDataModule
-from salvage import ExplainerModule, stage_module
+from models import load_stage
+from salvage import ExplainerModule
 from salvage.explainer import surrogate_backbone_spec
 
 
@@ -99,7 +100,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     spec = surrogate_backbone_spec(args.surrogate)
-    explainer = stage_module(args.explainer, expect="explainer").eval().to(args.device)
+    explainer = load_stage(args.explainer, expect="explainer").eval().to(args.device)
     game = explainer.attach_game(args.surrogate)
     data = SyntheticDataModule(img_size=spec["img_size"], n_test=max(args.n_images, args.kernel_images)).scenes("test")
     images = torch.stack([data[i]["image"] for i in range(len(data))])

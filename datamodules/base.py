@@ -6,14 +6,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset, Sampler, random_split
 from tqdm.auto import tqdm
 
 from datamodules.transforms import eval_transform, train_transform
 
 ToSample = Callable[[Any, Any], dict[str, Any]]
+
+
+def evaluation_sampler(dataset: Dataset) -> Sampler | None:
+    """Under DDP, a sampler that deals each evaluation item to exactly one rank (no padding repeats, so test metrics
+    count every image once, as on one device); None (sequential) on one process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+    return None
 
 
 def verify_images(paths: Sequence[Path | str], name: str) -> None:
@@ -61,7 +71,7 @@ class TransformedSubset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, target = self.source[self.indices[index]]
         sample = self.transform(self.to_sample(image, target))
-        return {key: value.as_subclass(torch.Tensor) for key, value in sample.items()}
+        return {**{key: value.as_subclass(torch.Tensor) for key, value in sample.items()}, "index": index}
 
 
 class RealImageDataModule(LightningDataModule, ABC):
@@ -155,6 +165,7 @@ class RealImageDataModule(LightningDataModule, ABC):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=None if train else evaluation_sampler(dataset),
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from datamodules.base import evaluation_sampler
 from datamodules.scenes import CLASS_SHAPES, CueConfig, render_scene
 
 
@@ -53,6 +54,7 @@ class SyntheticScenes(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         item = {k: v[index] for k, v in self._store.items()}
         item["image"] = item["image"].float() / 255
+        item["index"] = index
         return item
 
 
@@ -119,6 +121,7 @@ class SyntheticDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else evaluation_sampler(dataset),
             drop_last=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -2,7 +2,7 @@
 
 Samples are dicts {"image": PIL image, "label": long tensor[, "mask": tv_tensors.Mask]}: v2 applies every
 geometric transform to the image and the mask alike and the photometric ones (ColorJitter) to the image only.
-Outputs stay in [0, 1]; normalisation lives inside the model (DESIGN.md).
+Outputs stay in [0, 1]; normalisation lives inside the model, so masking and edits happen in pixel space.
 """
 
 import torch

@@ -1,4 +1,5 @@
-"""Gradual interventions: property gradients E_x|dF(I_x)/dx|, the permutation test (Algorithm 1) and its callback."""
+"""Gradual interventions: property gradients E_x|dF(I_x)/dx|, the permutation test (Algorithm 1), the registered
+`intervention` method and its evaluation callback."""
 from interventions.callback import GradualInterventionCallback
 from interventions.gradual import GradualInterventionResult, gradual_intervention_test
 from interventions.intervene import (
@@ -13,6 +14,7 @@ from interventions.intervene import (
     load_sequences,
     rgb_to_hsv,
 )
+from interventions.method import intervention_test
 from interventions.permutation_test import (
     PermutationTestResult,
     centred_p_value,
@@ -20,7 +22,7 @@ from interventions.permutation_test import (
     permuted_statistics,
     prediction_flips,
 )
-from interventions.plot import figure_to_array, intervention_strip, plot_prediction_curve, save_intervention_plot
+from interventions.plot import intervention_strip
 from interventions.properties import PROPERTIES, PropertyFactory, get_property
 from interventions.property_gradient import (
     autograd_derivative,
@@ -33,36 +35,10 @@ from interventions.property_gradient import (
 )
 
 __all__ = [
-    "PROPERTIES",
-    "AlphaBlend",
-    "BackgroundReplacement",
-    "Brightness",
-    "CueStrength",
-    "GradualInterventionCallback",
-    "GradualInterventionResult",
-    "HueShift",
-    "Intervention",
-    "PermutationTestResult",
-    "PrecomputedSequence",
-    "PropertyFactory",
-    "autograd_derivative",
-    "autograd_property_gradient",
-    "centred_p_value",
-    "figure_to_array",
-    "finite_difference_gradient",
-    "get_property",
-    "gradual_intervention_test",
-    "hsv_to_rgb",
-    "intervention_grid",
-    "intervention_strip",
-    "load_sequences",
-    "permutation_test",
-    "permuted_statistics",
-    "plot_prediction_curve",
-    "prediction_flips",
-    "prediction_sequence",
-    "property_gradient",
-    "rgb_to_hsv",
-    "save_intervention_plot",
-    "target_class",
+    "PROPERTIES", "AlphaBlend", "BackgroundReplacement", "Brightness", "CueStrength", "GradualInterventionCallback",
+    "GradualInterventionResult", "HueShift", "Intervention", "PermutationTestResult", "PrecomputedSequence",
+    "PropertyFactory", "autograd_derivative", "autograd_property_gradient", "centred_p_value",
+    "finite_difference_gradient", "get_property", "gradual_intervention_test", "hsv_to_rgb", "intervention_grid",
+    "intervention_strip", "intervention_test", "load_sequences", "permutation_test", "permuted_statistics",
+    "prediction_flips", "prediction_sequence", "property_gradient", "rgb_to_hsv", "target_class",
 ]

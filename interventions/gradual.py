@@ -8,7 +8,7 @@ given: put it in eval mode first. S (`gradient`) is the finite-difference proper
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,25 +37,6 @@ class GradualInterventionResult:
     flip_count: Tensor
     flipped: Tensor
     gradient_autograd: Tensor | None = None
-
-    def records(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per image (S is the finite-difference property gradient)."""
-        out = []
-        for i in range(len(self.target)):
-            rec = {
-                "target": int(self.target[i]),
-                "S": float(self.gradient[i]),
-                "p": float(self.p_value[i]),
-                "significant": bool(self.significant[i]),
-                "flips": int(self.flip_count[i]),
-                "flipped": bool(self.flipped[i]),
-                "x": self.x.tolist(),
-                "curve": self.curve[i].tolist(),
-            }
-            if self.gradient_autograd is not None:
-                rec["S_autograd"] = float(self.gradient_autograd[i])
-            out.append(rec)
-        return out
 
 
 def gradual_intervention_test(

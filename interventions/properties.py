@@ -11,7 +11,7 @@ PropertyFactory = Callable[[dict[str, Tensor], Any], Intervention]
 
 
 def cue(batch: dict[str, Tensor], dataset: Any) -> Intervention:
-    """The spurious cue from absent (x = 0) to full strength (x = 1) on the cue-free render (issue 6, part 6)."""
+    """The spurious cue from absent (x = 0) to full strength (x = 1) on the cue-free render."""
     return CueStrength.from_dataset(dataset, batch["index"])
 
 

@@ -1,14 +1,14 @@
 """ReX (Algorithm 3): responsibility maps and minimal sufficient explanations for a black-box classifier."""
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor, nn
 
-from attribution import register
-from rex.blackbox import BlackBox
+from explainers.protocol import Explanation, explainer
+from models.masking import MaskValue
+from models.queries import QueryEngine
 from rex.extraction import extract, multiple_explanations
 from rex.partition import SplitDistribution
 from rex.responsibility import ResponsibilityRule
@@ -18,9 +18,9 @@ from rex.search import responsibility_map
 @dataclass
 class ReXConfig:
     """Section 6.1 defaults: N = 20 partitions of 4 boxes, minimum superpixel 10 px, "area" queue of length 1,
-    uniform split points, mask value 0 after the model's input normalisation (None = the model's `mean`,
-    see `rex.blackbox.mask_fill`). `max_batch` None = 16 mutants per model call on CPU (small batches
-    stay in cache: measured 2x faster per mutant than 512 for a small CNN), 1024 on an accelerator."""
+    uniform split points, mask value 0 after the model's input normalisation (None = the model's mask value, see
+    `models.masking.mask_fill`). `max_batch` None = 16 mutants per model call on CPU (small batches stay in cache:
+    measured 2x faster per mutant than 512 for a small CNN), 1024 on an accelerator."""
 
     n_partitions: int = 20
     min_size: int = 10
@@ -30,7 +30,7 @@ class ReXConfig:
     dist_args: tuple[float, ...] = ()
     confidence_filter: float = 0.0
     work_budget: int | None = None
-    mask_value: float | tuple[float, float, float] | None = None
+    mask_value: MaskValue = None
     min_confidence: float = 0.0
     candidates: int = 32
     n_explanations: int = 1
@@ -42,17 +42,14 @@ class ReXConfig:
 
 @dataclass
 class ReXResult:
-    """Maps (B, H, W), explanations (B, 1, H, W) (or (B, k, 1, H, W) with k > 1), sizes and the work done."""
+    """Maps (B, H, W), explanations (B, 1, H, W) (or (B, k, 1, H, W) with k > 1), whether each was found, the
+    target class and its confidence on the full image."""
 
     maps: Tensor
     explanations: Tensor
     found: Tensor
     target: Tensor
     confidence: Tensor
-    model_calls: int
-    images_evaluated: int
-    seconds: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def size(self) -> Tensor:
@@ -65,43 +62,37 @@ class ReX:
     """Algorithm 3: N refined random partitions averaged into a responsibility map, then greedy extraction."""
 
     def __init__(self, config: ReXConfig | None = None, **overrides) -> None:
+        unknown = set(overrides) - {f.name for f in fields(ReXConfig)}
+        if unknown:
+            raise ValueError(f"unknown ReX options {sorted(unknown)}; known: {sorted(f.name for f in fields(ReXConfig))}")
         self.config = ReXConfig(**{**asdict(config or ReXConfig()), **overrides})
 
     def explain(self, model: nn.Module, images: Tensor, target: Tensor | None = None) -> ReXResult:
         """Algorithm 3 for a batch of images (B, 3, H, W) in [0, 1]; `target` defaults to the predicted class."""
         cfg = self.config
-        start = time.perf_counter()
         max_batch = cfg.max_batch or (16 if images.device.type == "cpu" else 1024)
-        bb = BlackBox(model, max_batch, cfg.mask_value)
-        probs = bb.probabilities(images)
+        engine = QueryEngine(model, max_batch, cfg.mask_value)
+        probs = engine.probabilities(images)
         target = probs.argmax(1) if target is None else torch.as_tensor(target, device=images.device).long()
         target = target.to(images.device).expand(images.shape[0])
         confidence = probs.gather(1, target[:, None])[:, 0]
         generator = torch.Generator().manual_seed(cfg.seed)
         maps = responsibility_map(
-            bb, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
+            engine, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
             cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget,
         )
-        search_calls, search_images = bb.calls, bb.images
         if cfg.n_explanations > 1:
-            ex = multiple_explanations(bb, images, maps, target, cfg.n_explanations, cfg.overlap, cfg.separation,
+            ex = multiple_explanations(engine, images, maps, target, cfg.n_explanations, cfg.overlap, cfg.separation,
                                        cfg.min_confidence, cfg.candidates)
         else:
-            ex = extract(bb, images, maps, target, None, cfg.min_confidence, cfg.candidates, confidence)
-        return ReXResult(
-            maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
-            model_calls=bb.calls, images_evaluated=bb.images, seconds=time.perf_counter() - start,
-            extra={"search_calls": search_calls, "search_images": search_images},
-        )
+            ex = extract(engine, images, maps, target, None, cfg.min_confidence, cfg.candidates, confidence)
+        return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence)
 
 
-_CONFIG_FIELDS = {f.name for f in fields(ReXConfig)}
-
-
-@register("rex", access="black")
-def explain(model: nn.Module, images: Tensor, target: Tensor | None = None, **config) -> Tensor:
-    """Algorithm 3 through the explainer protocol: responsibility maps (B, H, W), higher = more responsible."""
-    unknown = set(config) - _CONFIG_FIELDS
-    if unknown:
-        raise TypeError(f"unknown ReX options {sorted(unknown)}; known: {sorted(_CONFIG_FIELDS)}")
-    return ReX(**config).explain(model, images, target).maps
+@explainer("rex", access="black")
+def rex_explain(model: nn.Module, images: Tensor, target: Tensor, **config) -> Explanation:
+    """ReX (Algorithm 3): responsibility maps (B, H, W) and the extracted minimal sufficient explanation."""
+    res = ReX(**config).explain(model, images, target)
+    first = res.explanations if res.explanations.dim() == 4 else res.explanations[:, 0]
+    found = res.found if res.found.dim() == 1 else res.found[:, 0]
+    return Explanation(maps=res.maps, explanation=first, scores={"found": found})

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rex.blackbox import BlackBox
+from models.queries import QueryEngine
 from rex.search import passes
 
 
@@ -47,7 +47,7 @@ def _first_candidates(limit: Tensor, k: int) -> Tensor:
 
 
 def extract(
-    blackbox: BlackBox,
+    engine: QueryEngine,
     images: Tensor,
     maps: Tensor,
     target: Tensor,
@@ -65,7 +65,7 @@ def extract(
     rank = pixel_rank(maps.to(dev), region)
     limit = region.flatten(1).sum(1) if region is not None else torch.full((b,), h * w, device=dev)
     if reference is None:
-        reference = blackbox.probabilities(images).gather(1, target[:, None])[:, 0]
+        reference = engine.probabilities(images).gather(1, target[:, None])[:, 0]
     lo = torch.zeros(b, dtype=torch.long, device=dev)
     hi = limit + 1
     active = (limit > 0).nonzero()[:, 0]
@@ -73,7 +73,7 @@ def extract(
     while active.numel() > 0:
         img = active.repeat_interleave(sizes.shape[1])
         visible = (rank[img] < sizes.flatten()[:, None]).view(-1, h, w)
-        probs = blackbox.masked_probabilities(images, img, visible)
+        probs = engine.masked_probabilities(images, img, visible)
         ok = passes(probs, target[img], reference[img], min_confidence).view(len(active), -1)
         big = torch.iinfo(torch.long).max
         first_pass = torch.where(ok, sizes, big).amin(1)
@@ -92,7 +92,7 @@ def extract(
 
 
 def multiple_explanations(
-    blackbox: BlackBox,
+    engine: QueryEngine,
     images: Tensor,
     maps: Tensor,
     target: Tensor,
@@ -108,13 +108,13 @@ def multiple_explanations(
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    reference = blackbox.probabilities(images).gather(1, target[:, None])[:, 0]
+    reference = engine.probabilities(images).gather(1, target[:, None])[:, 0]
     rank = pixel_rank(maps.to(dev)).view(b, h, w)
     allowed = torch.ones(b, h, w, dtype=torch.bool, device=dev)
     alive = torch.ones(b, dtype=torch.bool, device=dev)
     masks, found = [], []
     for _ in range(k):
-        ex = extract(blackbox, images, maps, target, allowed & alive[:, None, None], min_confidence, candidates, reference)
+        ex = extract(engine, images, maps, target, allowed & alive[:, None, None], min_confidence, candidates, reference)
         ok = ex.found & alive
         masks.append(ex.mask & ok[:, None, None, None])
         found.append(ok)

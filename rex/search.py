@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rex.blackbox import BlackBox
+from models.queries import QueryEngine
 from rex.partition import SplitDistribution, box_area, box_masks, quadrant_labels, split_boxes
 from rex.responsibility import MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityRule, responsibility, subset_outcomes
 
@@ -49,7 +49,7 @@ def _add_boxes(diff: Tensor, image: Tensor, boxes: Tensor, values: Tensor) -> No
 
 
 def responsibility_map(
-    blackbox: BlackBox,
+    engine: QueryEngine,
     images: Tensor,
     target: Tensor,
     generator: torch.Generator,
@@ -66,8 +66,8 @@ def responsibility_map(
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    blank = blackbox.blank(images)
-    probs = blackbox.probabilities(torch.cat([images, blank]))
+    blank = engine.blank(images)
+    probs = engine.probabilities(torch.cat([images, blank]))
     reference = probs[:b].gather(1, target[:, None])[:, 0]
     full_ok = passes(probs[:b], target, reference, confidence_filter)
     empty_ok = passes(probs[b:], target, reference, confidence_filter)
@@ -85,7 +85,7 @@ def responsibility_map(
     diff = torch.zeros(b, h + 1, w + 1, dtype=torch.float64, device=dev)
     codes = (MUTANT_SUBSETS | 1 << _HELD).to(dev, torch.uint8)[None, :, None, None]
     n_mut = len(MUTANT_SUBSETS)
-    per_chunk = max(1, _CHUNK_PIXELS // (n_mut * h * w), -(-blackbox.max_batch // n_mut))
+    per_chunk = max(1, _CHUNK_PIXELS // (n_mut * h * w), -(-engine.max_batch // n_mut))
 
     while tasks.search.numel() > 0:
         children = split_boxes(tasks.box, generator, distribution, dist_args)
@@ -95,7 +95,7 @@ def responsibility_map(
             sl = slice(start, start + per_chunk)
             visible = (codes >> labels[sl, None]) & 1 == 1
             img = image_of[tasks.search[sl]].repeat_interleave(n_mut)
-            p = blackbox.masked_probabilities(images, img, visible.flatten(0, 1))
+            p = engine.masked_probabilities(images, img, visible.flatten(0, 1))
             mutant_pass.append(passes(p, target[img], reference[img], confidence_filter).view(-1, n_mut))
         outcomes = subset_outcomes(torch.cat(mutant_pass), tasks.empty_pass, tasks.full_pass)
         resp = responsibility(outcomes, rule)

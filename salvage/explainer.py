@@ -13,11 +13,11 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from attribution.maps import to_pixel_map
-from attribution.registry import register
-from salvage.checkpoints import load_checkpoint, stage_module
-from salvage.classifier import MaskableModule, build_classifier
-from salvage.maskable import MaskableClassifier
+from explainers.maps import select_class, to_pixel_map
+from explainers.protocol import Explanation, explainer
+from models.classifier import MaskableModule
+from models.maskable import MaskableClassifier, build_classifier
+from models.stages import load_checkpoint, load_stage, register_stage
 from salvage.metrics import SRG, RelativeSRG, RelevanceAccuracy
 from salvage.sampling import SAMPLERS, sample_masks
 from salvage.segmenter import SegmenterExplainer
@@ -40,10 +40,10 @@ def surrogate_backbone_spec(path: str | os.PathLike) -> dict[str, Any]:
     return {k: load_checkpoint(classifier, expect="classifier")["hyper_parameters"].get(k) for k in BACKBONE_KEYS}
 
 
+@register_stage("explainer")
 class ExplainerModule(MaskableModule):
     """Stage 3: a Segmenter explainer trained on the surrogate's masked predictions (Salvage: js; ViT-Shapley: mse)."""
 
-    stage = "explainer"
     monitor = ("val/loss", "min")
 
     def __init__(
@@ -117,15 +117,24 @@ class ExplainerModule(MaskableModule):
         path = surrogate_ckpt or self.hparams.surrogate_ckpt
         if path is None or not os.path.isfile(path):
             raise FileNotFoundError(f"surrogate checkpoint not found: {path!r} (set --model.surrogate_ckpt)")
-        surrogate = stage_module(path, expect="surrogate")
+        surrogate = load_stage(path, expect="surrogate")
         game = surrogate.model.eval().requires_grad_(False).to(self.device)
         object.__setattr__(self, "game", game)
         classifier_path = surrogate.hparams.get("classifier_ckpt")
         reference = game
         if classifier_path and os.path.isfile(classifier_path):
-            reference = stage_module(classifier_path, expect="classifier").model.eval().requires_grad_(False)
+            reference = load_stage(classifier_path, expect="classifier").model.eval().requires_grad_(False)
         object.__setattr__(self, "reference", reference.to(self.device))
         return game
+
+    def provides(self) -> dict[str, torch.nn.Module]:
+        """Its reference classifier answers the queries, its surrogate is the SRG game; the explainer itself."""
+        if self.game is None:
+            try:
+                self.attach_game()
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"the explainer checkpoint needs its surrogate: {err}") from err
+        return {"classifier": self.reference, "surrogate": self.game, "explainer": self}
 
     def setup(self, stage: str) -> None:
         """Attach the surrogate; when fitting, start the encoder from the surrogate's backbone weights."""
@@ -287,19 +296,19 @@ class ExplainerModule(MaskableModule):
         self.logger.log_image("test/attributions", [o.permute(1, 2, 0).cpu().numpy() for o in overlay], caption=captions)
 
 
-@register("salvage", access="white", needs="explainer")
-def salvage_explain(model: ExplainerModule, images: Tensor, target: Tensor | None = None) -> Tensor:
-    """Salvage attributions phi = phi+ - phi- (section 4.1), (B, C, gh, gw); `target` is not needed (all classes)."""
-    if model.hparams.loss != "js":
+@explainer("salvage", access="white", needs=("explainer",))
+def salvage_explain(model: torch.nn.Module, images: Tensor, target: Tensor, explainer: ExplainerModule) -> Explanation:
+    """Salvage attributions phi = phi+ - phi- (section 4.1) of the target class, patch map (B, gh, gw)."""
+    if explainer.hparams.loss != "js":
         raise ValueError("'salvage' needs an explainer trained with loss=js; this checkpoint used loss=mse (use 'vit_shapley')")
     with torch.no_grad():
-        return model(images.to(model.device))
+        return Explanation(maps=select_class(explainer(images.to(explainer.device)), target))
 
 
-@register("vit_shapley", access="white", needs="explainer")
-def vit_shapley_explain(model: ExplainerModule, images: Tensor, target: Tensor | None = None) -> Tensor:
-    """ViT-Shapley attributions: the efficiently normalised phi of an explainer trained with loss=mse, (B, C, gh, gw)."""
-    if model.hparams.loss != "mse":
+@explainer("vit_shapley", access="white", needs=("explainer",))
+def vit_shapley_explain(model: torch.nn.Module, images: Tensor, target: Tensor, explainer: ExplainerModule) -> Explanation:
+    """ViT-Shapley attributions: the efficiently normalised phi of an explainer trained with loss=mse, (B, gh, gw)."""
+    if explainer.hparams.loss != "mse":
         raise ValueError("'vit_shapley' needs an explainer trained with loss=mse; this checkpoint used loss=js (use 'salvage')")
     with torch.no_grad():
-        return model(images.to(model.device))
+        return Explanation(maps=select_class(explainer(images.to(explainer.device)), target))

@@ -1,4 +1,5 @@
-"""Salvage's evaluation metrics (appendix A.1) for any attribution map: MIF/LIF/SRG (Alg. 1, eq. 7), R-MIF/R-LIF/R-SRG (Alg. 2, eq. 8), RMA/RRA.
+"""Salvage's evaluation metrics (appendix A.1) for any attribution map: MIF/LIF/SRG (Alg. 1, eq. 7), R-MIF/R-LIF/R-SRG (Alg. 2, eq. 8);
+RMA/RRA are `explainers.metrics`.
 
 `model(images, patch_mask) -> logits` is the game (the surrogate); curves are its probability of the target class.
 Maps may be patch level (B, C, gh, gw) / (B, gh, gw) or pixel level (B, H, W) (averaged over each patch).
@@ -10,9 +11,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 
-from attribution.maps import select_class, to_pixel_map
+from explainers.maps import select_class
+from explainers.metrics import ScoreSummary, relevance_mass_accuracy, relevance_rank_accuracy
 from salvage.sampling import min_max_normalise, weighted_subsets
 
 Game = Callable[[Tensor, Tensor], Tensor]
@@ -82,67 +83,36 @@ def relative_srg_scores(model: Game, images: Tensor, maps: Tensor, target: Tenso
     return {"r_mif": r_mif, "r_lif": r_lif, "r_srg": r_mif - r_lif}
 
 
-def _pixel_inputs(maps: Tensor, masks: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
-    gt = masks.reshape(masks.shape[0], *masks.shape[-2:]).bool()
-    pixel = to_pixel_map(maps, tuple(gt.shape[-2:]), target).float()
-    return pixel.flatten(1), gt.flatten(1)
+class _Means(ScoreSummary):
+    """`ScoreSummary` over fixed names whose compute() gives the means only."""
 
-
-def relevance_mass_accuracy(maps: Tensor, masks: Tensor, target: Tensor | None = None) -> Tensor:
-    """RMA (Arras et al. 2022): positive relevance inside the ground-truth mask / all positive relevance, (B,)."""
-    pixel, gt = _pixel_inputs(maps, masks, target)
-    positive = pixel.clamp_min(0)
-    total = positive.sum(1)
-    return torch.where(total > 0, (positive * gt).sum(1) / total.clamp_min(1e-12), torch.zeros_like(total))
-
-
-def relevance_rank_accuracy(maps: Tensor, masks: Tensor, target: Tensor | None = None) -> Tensor:
-    """RRA (Arras et al. 2022): fraction of the K most relevant pixels inside the mask, K = mask size, (B,)."""
-    pixel, gt = _pixel_inputs(maps, masks, target)
-    k = gt.sum(1)
-    ranks = pixel.argsort(dim=1, descending=True).argsort(dim=1)
-    hits = ((ranks < k[:, None]) & gt).sum(1)
-    return torch.where(k > 0, hits / k.clamp_min(1), torch.zeros_like(k, dtype=torch.float)).float()
-
-
-class _MeanScores(Metric):
-    """Per-image scores summed across batches and ranks (dist_reduce_fx='sum'); compute() gives their means."""
-
-    full_state_update = False
-    names: tuple[str, ...] = ()
+    names_: tuple[str, ...] = ()
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        for name in self.names:
-            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def _accumulate(self, scores: dict[str, Tensor]) -> None:
-        for name in self.names:
-            setattr(self, name, getattr(self, name) + scores[name].double().sum())
-        self.count += next(iter(scores.values())).shape[0]
+        super().__init__(self.names_, **kwargs)
 
     def compute(self) -> dict[str, Tensor]:
-        return {name: (getattr(self, name) / self.count.clamp_min(1)).float() for name in self.names}
+        out = super().compute()
+        return {k: out[k] for k in self.names if k in out}
 
 
-class SRG(_MeanScores):
+class SRG(_Means):
     """Mean MIF, LIF and SRG (Alg. 1, eq. 7) over all images seen, synced across DDP ranks."""
 
-    names = ("mif", "lif", "srg")
+    names_ = ("mif", "lif", "srg")
 
     def __init__(self, batch_size: int = 1024, **kwargs) -> None:
         super().__init__(**kwargs)
         self.batch_size = batch_size
 
     def update(self, model: Game, images: Tensor, maps: Tensor, target: Tensor) -> None:
-        self._accumulate(srg_scores(model, images, maps, target, self.batch_size))
+        super().update(srg_scores(model, images, maps, target, self.batch_size))
 
 
-class RelativeSRG(_MeanScores):
+class RelativeSRG(_Means):
     """Mean R-MIF, R-LIF and R-SRG (Alg. 2, eq. 8) over all images seen; masks drawn from a seeded generator per update."""
 
-    names = ("r_mif", "r_lif", "r_srg")
+    names_ = ("r_mif", "r_lif", "r_srg")
 
     def __init__(self, n_masks: int = 128, seed: int = 0, batch_size: int = 1024, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -153,18 +123,18 @@ class RelativeSRG(_MeanScores):
         g = torch.Generator(device=images.device)
         g.manual_seed(self.seed * 1_000_003 + self._updates)
         self._updates += 1
-        self._accumulate(relative_srg_scores(model, images, maps, target, self.n_masks, g, self.batch_size))
+        super().update(relative_srg_scores(model, images, maps, target, self.n_masks, g, self.batch_size))
 
     def reset(self) -> None:
         super().reset()
         self._updates = 0
 
 
-class RelevanceAccuracy(_MeanScores):
+class RelevanceAccuracy(_Means):
     """Mean RMA and RRA (Arras et al. 2022) against ground-truth masks, synced across DDP ranks."""
 
-    names = ("rma", "rra")
+    names_ = ("rma", "rra")
 
     def update(self, maps: Tensor, masks: Tensor, target: Tensor | None = None) -> None:
-        self._accumulate({"rma": relevance_mass_accuracy(maps, masks, target),
-                          "rra": relevance_rank_accuracy(maps, masks, target)})
+        super().update({"rma": relevance_mass_accuracy(maps, masks, target),
+                        "rra": relevance_rank_accuracy(maps, masks, target)})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from salvage.masks import subsets_of_size
+from models.masking import subsets_of_size
 
 SAMPLERS = ("shapley", "kernel", "guided")
 

@@ -7,7 +7,7 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from salvage.maskable import MaskableClassifier
+from models.maskable import MaskableClassifier
 
 
 class MaskTransformer(nn.Module):

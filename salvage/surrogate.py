@@ -10,13 +10,15 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from salvage.checkpoints import load_checkpoint, stage_module
-from salvage.classifier import MaskableModule, build_classifier
-from salvage.masks import uniform_size_masks
+from models.classifier import MaskableModule
+from models.maskable import build_classifier
+from models.masking import uniform_size_masks
+from models.stages import load_checkpoint, load_stage, register_stage
 
 BACKBONE_KEYS = ("backbone", "num_classes", "img_size", "patch_size", "backbone_kwargs")
 
 
+@register_stage("surrogate")
 class SurrogateModule(MaskableModule):
     """Stage 2: a copy of the classifier learns to predict the classifier's full-image output from masked images.
 
@@ -24,7 +26,6 @@ class SurrogateModule(MaskableModule):
     (`classifier_masked`). S keeps a uniformly distributed number of visible patches.
     """
 
-    stage = "surrogate"
     monitor = ("val/loss", "min")
 
     def __init__(
@@ -55,6 +56,10 @@ class SurrogateModule(MaskableModule):
     def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         return self.model(images, patch_mask)
 
+    def provides(self) -> dict[str, torch.nn.Module]:
+        """The surrogate answers the classifier's queries and is the game of Salvage's SRG metrics."""
+        return {"classifier": self.model, "surrogate": self.model}
+
     def setup(self, stage: str) -> None:
         """Load the classifier as a frozen teacher (kept out of this module's checkpoint) and start from its weights."""
         path = self.hparams.classifier_ckpt
@@ -62,7 +67,7 @@ class SurrogateModule(MaskableModule):
             if stage == "fit" and self.teacher is None:
                 raise FileNotFoundError(f"classifier checkpoint not found: {path!r} (set --model.classifier_ckpt)")
             return
-        classifier = stage_module(path, expect="classifier").model.eval().requires_grad_(False)
+        classifier = load_stage(path, expect="classifier").model.eval().requires_grad_(False)
         if stage == "fit":
             self.model.load_state_dict(classifier.state_dict())
         object.__setattr__(self, "teacher", classifier.to(self.device))
@@ -92,7 +97,7 @@ class SurrogateModule(MaskableModule):
         self.log("val/loss", self.val_kl, prog_bar=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.masked_accuracy_step(self.model, batch["image"], batch["label"], batch_idx)
+        self.masked_accuracy_step(self.model, batch, batch_idx)
         if self.teacher is not None:
             self.agreement.update(self.model(batch["image"]), self._teacher_probs(batch["image"]).argmax(-1))
 

@@ -26,7 +26,7 @@ TINY_VIT = {
 @pytest.fixture
 def tiny_classifier():
     """An untrained tiny ViT ClassifierModule on 32 px images (4x4 patch grid)."""
-    from salvage import ClassifierModule
+    from models import ClassifierModule
 
     torch.manual_seed(0)
     return ClassifierModule(**TINY_VIT, lr=1e-3, weight_decay=0.0, warmup_steps=0).eval()

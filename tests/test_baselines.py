@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-import attribution
-import rex  # noqa: F401  (registers "rex")
-from attribution.baselines import BlackBoxModel, check_access, kernel_shap, occlusion, rise, rise_masks, saliency
-from attribution.maps import to_pixel_map
+import explainers
+from evaluation import discover
+from explainers.baselines import kernel_shap, occlusion, rise, rise_masks, saliency
+from explainers.maps import to_pixel_map
+from models import BlackBoxModel
 
 FAST = {
     "kernel_shap": {"n_samples": 24},
@@ -20,12 +21,13 @@ FAST = {
     "rex": {"n_partitions": 1, "min_size": 64},
 }
 VIT_ONLY = {"attention_rollout"}
-METHODS = [m for m in attribution.available() if attribution.get(m).needs == "classifier"]
+discover()
+METHODS = [m for m in explainers.available() if not explainers.get(m).needs and m != "intervention"]
 
 
 @pytest.fixture(scope="module")
 def models():
-    from salvage import build_classifier
+    from models import build_classifier
     from tests.conftest import TINY_VIT
 
     torch.manual_seed(0)
@@ -40,12 +42,12 @@ def models():
 def test_every_method_returns_maps_in_the_shared_convention(models, method, kind):
     model = models[kind]
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    spec = attribution.get(method)
+    spec = explainers.get(method)
     if method in VIT_ONLY and kind == "cnn":
         with pytest.raises(ValueError, match="needs a ViT"):
-            spec.fn(model, images, **FAST.get(method, {}))
+            spec(model, images, **FAST.get(method, {}))
         return
-    maps = spec.fn(model, images, **FAST.get(method, {}))
+    maps = spec(model, images, **FAST.get(method, {})).maps
     assert maps.shape in {(2, 4, 4), (2, 32, 32)}, (method, maps.shape)
     assert torch.isfinite(maps).all()
     target = model(images).argmax(1)
@@ -77,14 +79,14 @@ def test_occlusion_and_kernel_shap_recover_a_linear_model_exactly():
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     expected = torch.tensor(weights).view(1, 2, 2) * _patch_sums(images)
     target = torch.zeros(2, dtype=torch.long)
-    assert torch.allclose(occlusion(model, images, target), expected, atol=1e-4)
-    assert torch.allclose(kernel_shap(model, images, target, n_samples=64), expected, atol=1e-2)
+    assert torch.allclose(occlusion(model, images, target).maps, expected, atol=1e-4)
+    assert torch.allclose(kernel_shap(model, images, target, n_samples=64).maps, expected, atol=1e-2)
 
 
 def test_saliency_of_a_linear_model_is_its_weight_magnitude():
     model = PatchLinear([1.0, -2.0, 0.5, 3.0])
     images = torch.rand(1, 3, 8, 8)
-    maps = saliency(model, images, torch.zeros(1, dtype=torch.long))
+    maps = saliency(model, images, torch.zeros(1, dtype=torch.long)).maps
     assert torch.allclose(maps[0], model.w[0, 0].abs())
 
 
@@ -94,14 +96,14 @@ def test_rise_masks_and_map_favour_the_region_that_drives_the_class():
     assert masks.shape == (400, 16, 16) and masks.min() >= 0 and masks.max() <= 1
     assert abs(float(masks.mean()) - 0.5) < 0.05
     model = PatchLinear([0.03, 0.0, 0.03, 0.0])
-    maps = rise(model, torch.ones(1, 3, 8, 8), torch.zeros(1, dtype=torch.long), n_masks=256, cells=2)
+    maps = rise(model, torch.ones(1, 3, 8, 8), torch.zeros(1, dtype=torch.long), n_masks=256, cells=2).maps
     assert maps[0, :, :4].mean() > maps[0, :, 4:].mean() + 0.05
 
 
 def test_attention_rollout_is_a_distribution_over_tokens(models):
     blocks = models["vit"].backbone.blocks
     before = [b.attn.fused_attn for b in blocks]
-    maps = attribution.get("attention_rollout").fn(models["vit"], torch.rand(2, 3, 32, 32))
+    maps = explainers.get("attention_rollout")(models["vit"], torch.rand(2, 3, 32, 32)).maps
     assert (maps >= 0).all() and (maps.flatten(1).sum(1) <= 1 + 1e-5).all()
     assert [b.attn.fused_attn for b in blocks] == before
 
@@ -110,7 +112,7 @@ def test_black_box_model_refuses_gradient_and_internal_methods():
     model = BlackBoxModel(PatchLinear([1.0, 0.0, 0.0, 0.0]), img_size=8, patch_grid=(2, 2))
     images = torch.rand(1, 3, 8, 8)
     with pytest.raises(ValueError, match="white-box method.*black-box model.*occlusion"):
-        attribution.get("gradcam").fn(model, images)
+        explainers.get("gradcam")(model, images)
     with pytest.raises(ValueError, match="grey-box method"):
-        check_access(model, "eigencam", "grey")
-    assert attribution.get("occlusion").fn(model, images).shape == (1, 2, 2)
+        explainers.get("eigencam").check_access(model)
+    assert explainers.get("occlusion")(model, images).maps.shape == (1, 2, 2)

@@ -13,7 +13,7 @@ from PIL import Image
 
 import explain
 import train
-from attribution import registry
+import explainers
 from tests.conftest import tiny_stage_args
 
 SMALL = ["--option", "rex.n_partitions=2", "--option", "rex.min_size=32", "--option", "rise.n_masks=32",
@@ -117,11 +117,17 @@ def test_explain_refuses_with_clear_messages(ckpt, image_files, tmp_path):
         explain.main(["--ckpt", ckpt, "--images", str(bad), "--method", "random"])
 
 
-def test_explain_refuses_a_method_that_needs_another_stage(ckpt, image_files, tmp_path, monkeypatch):
-    spec = registry.ExplainerSpec("needs_explainer", lambda m, x, t=None: x[:, 0], "black", "explainer")
-    monkeypatch.setitem(registry._REGISTRY, "needs_explainer", spec)
-    with pytest.raises(SystemExit, match="'needs_explainer' needs a explainer checkpoint, but --ckpt is a classifier"):
-        explain.main(["--ckpt", ckpt, "--images", *image_files, "--method", "needs_explainer"])
+def test_explain_refuses_a_method_that_needs_another_stage(ckpt, image_files, tmp_path):
+    @explainers.explainer("needs_explainer", needs=("explainer",))
+    def needs_explainer(model, images, target, explainer):
+        """A method that needs an explainer checkpoint."""
+        return explainers.Explanation(maps=images[:, 0])
+
+    try:
+        with pytest.raises(SystemExit, match="'needs_explainer' needs a explainer checkpoint, but --ckpt is a classifier"):
+            explain.main(["--ckpt", ckpt, "--images", *image_files, "--method", "needs_explainer"])
+    finally:
+        explainers.unregister("needs_explainer")
 
 
 class _Payload:
@@ -140,9 +146,9 @@ def test_explain_refuses_a_malicious_pickle(tmp_path):
 
 
 def test_torchscript_model_is_a_black_box(ckpt, image_files, tmp_path):
-    from salvage import stage_module
+    from models import load_stage
 
-    net = stage_module(ckpt).model.eval()
+    net = load_stage(ckpt).model.eval()
     scripted = tmp_path / "model.pt"
     torch.jit.save(torch.jit.trace(net, torch.rand(1, 3, 32, 32)), scripted)
     base = ["--ckpt", str(scripted), "--img-size", "32", "--grid", "4", "--images", *image_files, "--out", str(tmp_path / "o")]
@@ -175,3 +181,29 @@ def test_explainer_checkpoint_runs_salvage_with_surrogate_metrics(root, ckpt, tm
     assert (out / "comparison.md").read_text().count("\n") == 4
     with pytest.raises(SystemExit, match="'salvage' needs a explainer checkpoint, but --ckpt is a surrogate"):
         explain.main(["--ckpt", sur, "--method", "salvage", *DATA, "--out", str(tmp_path)])
+
+
+def test_a_toy_method_registered_here_runs_end_to_end(ckpt, tmp_path):
+    """README "Adding a method": one decorator in any file, and explain.py, the metrics and the table pick it up."""
+
+    @explainers.explainer("toy_brightness", access="black")
+    def toy_brightness(model, images, target, power: float = 1.0):
+        """Brightness to a power: a pixel map (B, H, W)."""
+        return explainers.Explanation(maps=images.mean(1) ** power)
+
+    out = tmp_path / "out"
+    try:
+        with pytest.raises(SystemExit, match="unknown option.*'toy_brightness'.*power=1.0"):
+            explain.main(["--ckpt", ckpt, "--method", "toy_brightness", *DATA, "--out", str(out),
+                          "--option", "toy_brightness.gamma=2"])
+        records = explain.main(["--ckpt", ckpt, "--method", "toy_brightness,random", *DATA, "--out", str(out),
+                                "--option", "toy_brightness.power=2", "--steps", "4", *SMALL[4:6]])
+    finally:
+        explainers.unregister("toy_brightness")
+    toy = [r for r in records if r["method"] == "toy_brightness"]
+    assert len(toy) == 4 and all({"size", "insertion", "deletion", "in", "rra", "rma"} <= set(r["metrics"]) for r in toy)
+    arrays = np.load(out / toy[0]["files"]["npz"])
+    assert arrays["map"].shape == (32, 32) and (arrays["map"] >= 0).all()
+    assert (out / toy[0]["files"]["overlay"]).stat().st_size > 1000
+    rows = [line.split("|")[1].strip() for line in (out / "comparison.md").read_text().splitlines()[2:]]
+    assert rows == ["random", "toy_brightness"]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from salvage import MaskableClassifier, build_classifier, create_backbone, fixed_fraction_masks, uniform_size_masks
+from models import MaskableClassifier, build_classifier, create_backbone, fixed_fraction_masks, mask_fill, uniform_size_masks
 from tests.conftest import TINY_VIT
 
 
@@ -57,9 +57,14 @@ def test_cnn_masking_sets_pixels_to_the_baseline():
     with torch.no_grad():
         before = model(images, mask)
         after = model(_perturb_masked(model, images, mask), mask)
-        baseline = model(torch.where(model.pixel_mask(mask, (32, 32)), images, torch.zeros_like(images)))
+        mean = model.mean.expand_as(images)  # the one masking convention: the model's normalisation mean
+        baseline = model(torch.where(model.pixel_mask(mask, (32, 32)), images, mean))
+        model.mask_value = 0.0  # a per-model override, seen by every method that masks through models.masking
+        black = model(torch.where(model.pixel_mask(mask, (32, 32)), images, torch.zeros_like(images)))
+        assert torch.allclose(model(images, mask), black, atol=1e-6)
     assert (before - after).abs().max() <= 1e-5
     assert torch.allclose(before, baseline, atol=1e-6)
+    assert mask_fill(model).flatten().tolist() == [0.0]
 
 
 def test_mask_samplers_sizes():

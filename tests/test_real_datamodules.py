@@ -129,7 +129,7 @@ def test_pet_batches_and_splits(pet_root: Path):
     loader = dm.train_dataloader()
     assert len(loader) == 24 // 4  # drop_last
     batch = next(iter(loader))
-    _check_batch(batch, {"image", "label", "mask"}, 4)
+    _check_batch(batch, {"image", "label", "mask", "index"}, 4)
     assert set(batch["label"].tolist()) <= {0, 1, 2}
     labels = torch.cat([b["label"] for b in dm.test_dataloader()])
     source_labels = [dm.data_test.source[i][1][0] for i in dm.data_test.indices]
@@ -202,7 +202,7 @@ def test_imagenette_batches_splits_labels(imagenette_root: Path):
     assert _split_indices(_setup(ImagenetteDataModule, imagenette_root, seed=44))[1:] == [val, test]
     assert _split_indices(_setup(ImagenetteDataModule, imagenette_root, seed=1))[1:] != [val, test]
     batch = next(iter(dm.train_dataloader()))
-    _check_batch(batch, {"image", "label"}, 4)
+    _check_batch(batch, {"image", "label", "index"}, 4)
     for sample in (dm.data_val[i] for i in range(len(dm.data_val))):  # grey level 20 * (label + 1), greyscale too
         assert sample["image"].mean().item() == pytest.approx(20 * (sample["label"].item() + 1) / 255, abs=0.02)
     assert IMAGENETTE_CLASS_NAMES[0] == "tench" and IMAGENETTE_WNIDS[0] == "n01440764"
@@ -231,7 +231,7 @@ def test_mura_patient_split_and_labels(mura_root: Path):
     assert _split_indices(same) == _split_indices(dm)
     assert _split_indices(_setup(MuraDataModule, mura_root, seed=3)) != _split_indices(dm)
     batch = next(iter(dm.test_dataloader()))
-    _check_batch(batch, {"image", "label"}, 4)
+    _check_batch(batch, {"image", "label", "index"}, 4)
     assert torch.equal(batch["image"][:, 0], batch["image"][:, 2])  # greyscale converted to RGB
     for sample in (dm.data_test[i] for i in range(len(dm.data_test))):  # positive studies are bright
         assert sample["label"].item() == int(sample["image"].mean() > 0.5)

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-import attribution
+import explainers
 import rex
-from rex.blackbox import BlackBox
+from models import CallCounter, QueryEngine, apply_mask
 from rex.responsibility import VISIBLE, responsibility
 from rex.search import responsibility_map
 
@@ -42,7 +42,7 @@ def _quadrant_outcomes(model):
     quads = torch.zeros(4, H, W, dtype=torch.bool)
     quads[0, :8, :8] = quads[1, :8, 8:] = quads[2, 8:, :8] = quads[3, 8:, 8:] = True
     visible = (VISIBLE[:, :, None, None] & quads[None]).any(1)
-    probs = BlackBox(model).masked_probabilities(x, torch.zeros(16, dtype=torch.long), visible)
+    probs = QueryEngine(model).masked_probabilities(x, torch.zeros(16, dtype=torch.long), visible)
     return (probs.argmax(1) == 1)[None]
 
 
@@ -68,8 +68,10 @@ def test_single_necessary_superpixel():
 
 
 def test_map_concentrates_on_the_regions():
-    bb = BlackBox(RegionModel(need_both=True), max_batch=64)
-    maps = responsibility_map(bb, _image(), torch.tensor([1]), torch.Generator().manual_seed(0), n_partitions=8)
+    model = RegionModel(need_both=True)
+    with CallCounter(model) as bb:
+        maps = responsibility_map(QueryEngine(model, max_batch=64), _image(), torch.tensor([1]),
+                                  torch.Generator().manual_seed(0), n_partitions=8)
     region = torch.zeros(H, W, dtype=torch.bool)
     region[REGION_A] = region[REGION_B] = True
     assert maps[0][region].mean() > 3 * maps[0][~region].mean()
@@ -78,10 +80,13 @@ def test_map_concentrates_on_the_regions():
 
 
 def test_work_budget_limits_the_search():
-    full, capped = BlackBox(RegionModel(False)), BlackBox(RegionModel(False))
+    model = RegionModel(False)
     g = torch.Generator
-    responsibility_map(full, _image(), torch.tensor([1]), g().manual_seed(0), n_partitions=4)
-    responsibility_map(capped, _image(), torch.tensor([1]), g().manual_seed(0), n_partitions=4, work_budget=14)
+    with CallCounter(model) as full:
+        responsibility_map(QueryEngine(model), _image(), torch.tensor([1]), g().manual_seed(0), n_partitions=4)
+    with CallCounter(model) as capped:
+        responsibility_map(QueryEngine(model), _image(), torch.tensor([1]), g().manual_seed(0), n_partitions=4,
+                           work_budget=14)
     assert capped.images == 2 + 4 * 14 < full.images
 
 
@@ -89,7 +94,7 @@ def test_extraction_is_sufficient_and_minimal_in_prefix_order():
     model = RegionModel(need_both=True)
     x = _image()
     maps = torch.rand(1, H, W, generator=torch.Generator().manual_seed(3))
-    ex = rex.extract(BlackBox(model), x, maps, torch.tensor([1]), candidates=4)
+    ex = rex.extract(QueryEngine(model), x, maps, torch.tensor([1]), candidates=4)
     assert ex.found.all()
     rank = rex.pixel_rank(maps)[0]
     keep = ex.mask[0, 0].flatten()
@@ -116,7 +121,7 @@ def test_multiple_explanations_are_disjoint():
     maps = torch.zeros(1, H, W)
     maps[0][REGION_A] = 2.0
     maps[0][REGION_B] = 1.0
-    mx = rex.multiple_explanations(BlackBox(model), x, maps, torch.tensor([1]), k=3)
+    mx = rex.multiple_explanations(QueryEngine(model), x, maps, torch.tensor([1]), k=3)
     assert mx.found[0].tolist() == [True, True, False]
     a, b = mx.mask[0, 0, 0], mx.mask[0, 1, 0]
     assert a[REGION_A].all() and a.sum() == 9 and b[REGION_B].all() and not (a & b).any()
@@ -125,17 +130,20 @@ def test_multiple_explanations_are_disjoint():
 def test_rex_is_deterministic_and_registered():
     model = RegionModel(need_both=True)
     x = _image().repeat(2, 1, 1, 1)
-    r1 = rex.ReX(n_partitions=4, seed=5).explain(model, x)
-    r2 = rex.ReX(n_partitions=4, seed=5, max_batch=7).explain(model, x)
+    with CallCounter(model) as c1:
+        r1 = rex.ReX(n_partitions=4, seed=5).explain(model, x)
+    with CallCounter(model) as c2:
+        r2 = rex.ReX(n_partitions=4, seed=5, max_batch=7).explain(model, x)
     assert torch.equal(r1.maps, r2.maps) and torch.equal(r1.explanations, r2.explanations)
-    assert r1.model_calls < r2.model_calls
+    assert c1.calls < c2.calls
     assert not torch.equal(r1.maps, rex.ReX(n_partitions=4, seed=6).explain(model, x).maps)
-    spec = attribution.get("rex")
+    spec = explainers.get("rex")
     assert spec.access == "black"
-    maps = spec.fn(model, x, n_partitions=4, seed=5)
-    assert maps.shape == (2, H, W) and torch.equal(maps, r1.maps)
-    with pytest.raises(TypeError):
-        spec.fn(model, x, iterations=3)
+    e = spec(model, x, n_partitions=4, seed=5)
+    assert e.maps.shape == (2, H, W) and torch.equal(e.maps, r1.maps)
+    assert torch.equal(e.explanation, r1.explanations) and e.model_calls == c1.calls
+    with pytest.raises(ValueError, match="unknown ReX options"):
+        spec(model, x, iterations=3)
 
 
 def test_split_distributions_produce_partitions():
@@ -168,10 +176,10 @@ def test_mask_value_defaults_to_the_models_normalisation_mean():
 
     images = torch.ones(1, 3, 2, 2)
     visible = torch.tensor([[[True, False], [False, False]]])
-    mutant = rex.apply_mask(images, torch.tensor([0]), visible, BlackBox(Normalised()).mask_value)
+    mutant = apply_mask(images, visible, QueryEngine(Normalised()).fill, torch.tensor([0]))
     assert mutant[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
     assert mutant[0, :, 1, 1].tolist() == pytest.approx([0.2, 0.4, 0.6])
-    assert BlackBox(nn.Identity()).mask_value.flatten().tolist() == [0.0]
-    assert BlackBox(Normalised(), mask_value=0.5).blank(images).unique().tolist() == [0.5]
+    assert QueryEngine(nn.Identity()).fill.flatten().tolist() == [0.0]
+    assert QueryEngine(Normalised(), mask_value=0.5).blank(images).unique().tolist() == [0.5]
     with pytest.raises(ValueError, match="one number or one per channel"):
-        BlackBox(nn.Identity(), mask_value=[0.1, 0.2])
+        QueryEngine(nn.Identity(), mask_value=[0.1, 0.2])

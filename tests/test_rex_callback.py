@@ -27,15 +27,15 @@ def _run(tiny_classifier, tmp_path, logger):
 def test_rex_callback_logs_metrics_and_overlays_with_csv_logger(tiny_classifier, tmp_path):
     logger = CSVLogger(tmp_path, name="", version="")
     cb, dm = _run(tiny_classifier, tmp_path, logger)
-    s = cb.results["summary"]
+    s = cb.results["rex"]["summary"]
     assert {"size", "insertion", "deletion", "in", "out", "model_calls", "seconds"} <= set(s)
     assert 0 < s["size"] <= 1 and 0 <= s["in"] <= 1 and 0 <= s["out"] <= 1 and s["model_calls"] > 1
-    per = cb.results["per_image"]
+    per = cb.results["rex"]["per_image"]
     assert per["index"].tolist() == [0, 1, 2]
     images = torch.stack([dm.data_test[i]["image"] for i in range(2)])
     direct = ReX(**REX).explain(tiny_classifier.model, images)
     assert torch.allclose(per["size"][:2].float(), direct.size.float())
-    assert torch.equal(cb.results["explanations"][:2], direct.explanations[:, 0])
+    assert torch.equal(cb.results["rex"]["explanations"][:2], direct.explanations[:, 0])
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"rex/size", "rex/size_std", "rex/in", "rex/out", "rex/model_calls"} <= set(header)
     out = tmp_path / "rex"
@@ -49,4 +49,4 @@ def test_rex_callback_logs_metrics_and_overlays_with_csv_logger(tiny_classifier,
 def test_rex_callback_without_logger_writes_under_root_dir(tiny_classifier, tmp_path):
     cb, _ = _run(tiny_classifier, tmp_path, False)
     assert (tmp_path / "rex" / "test_rex.json").is_file()
-    assert cb.results["maps"].shape == (3, 32, 32) and torch.isfinite(cb.results["maps"]).all()
+    assert cb.results["rex"]["maps"].shape == (3, 32, 32) and torch.isfinite(cb.results["rex"]["maps"]).all()

@@ -1,8 +1,9 @@
-"""ReX metrics (section 6) on hand-computed cases: size, insertion / deletion AUC, IN, OUT, Metric wrapper."""
+"""ReX metrics (section 6) on hand-computed cases: size, insertion / deletion AUC, IN, OUT, the score summary."""
 import torch
 from torch import nn
 
 import rex
+from explainers import ScoreSummary, fraction_inside, fraction_outside, ground_truth_metrics
 
 
 class BrightModel(nn.Module):
@@ -20,8 +21,8 @@ def test_in_and_out_fractions():
     gt[0, 0, :, 0] = True  # shares pixel (0, 0)
     occ = torch.zeros_like(e)
     occ[0, 0, 0, 2:] = True  # covers 2 of the 4
-    assert torch.allclose(rex.fraction_inside(e, gt), torch.tensor([0.25]))
-    assert torch.allclose(rex.fraction_outside(e, occ), torch.tensor([0.5]))
+    assert torch.allclose(fraction_inside(e, gt), torch.tensor([0.25]))
+    assert torch.allclose(fraction_outside(e, occ), torch.tensor([0.5]))
 
 
 def test_size_and_curves_on_a_hand_computed_case():
@@ -44,8 +45,8 @@ def test_size_and_curves_on_a_hand_computed_case():
     assert torch.allclose(del_auc, torch.trapezoid(q / p_full, dx=0.25).view(1), atol=1e-6)
 
 
-def test_metric_wrapper_accumulates_mean_and_std():
-    metric = rex.ReXMetrics()
+def test_score_summary_accumulates_mean_and_std():
+    metric = ScoreSummary(("size", "in", "out"))
     metric.update({"size": torch.tensor([0.1, 0.3]), "in": torch.tensor([1.0, 0.0])})
     metric.update({"size": torch.tensor([0.2])})
     out = metric.compute()
@@ -55,14 +56,20 @@ def test_metric_wrapper_accumulates_mean_and_std():
     assert metric._reductions["size_sum"] is not None  # states are synced across DDP ranks
 
 
-def test_metric_wrapper_runs_the_metrics():
+def test_score_summary_leaves_out_and_counts_nan():
+    metric = ScoreSummary(("rra",))
+    metric.update({"rra": torch.tensor([0.5, float("nan"), 1.0])})
+    out = metric.compute()
+    assert torch.allclose(out["rra"], torch.tensor(0.75)) and int(out["rra_n"]) == 2 and int(out["rra_nan"]) == 1
+
+
+def test_section6_and_ground_truth_metrics_run_together():
     x = torch.ones(2, 3, 4, 4)
     maps = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
     gt = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
     gt[:, :, :2, :2] = True
-    metric = rex.ReXMetrics(steps=4)
-    metric.update(BrightModel(), x, maps, torch.tensor([1, 1]), gt_mask=gt, occluder_mask=~gt)
-    out = metric.compute()
+    values, explanation = rex.rex_metrics(BrightModel(), x, maps, torch.tensor([1, 1]), steps=4)
+    values.update(ground_truth_metrics(maps, explanation, {"mask": gt, "occluder_mask": ~gt}))
     # a sufficient explanation of this model always contains a block pixel
-    assert out["in"] > 0 and torch.allclose(out["out"], out["in"])
-    assert set(out) == {f"{n}{s}" for n in ("size", "insertion", "deletion", "in", "out") for s in ("", "_std")}
+    assert (values["in"] > 0).all() and torch.allclose(values["out"], values["in"])
+    assert set(values) == {"size", "insertion", "deletion", "in", "out", "rra", "rma"}

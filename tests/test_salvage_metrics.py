@@ -5,16 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from salvage import (
-    SRG,
-    RelativeSRG,
-    RelevanceAccuracy,
-    insertion_curve,
-    relative_srg_scores,
-    relevance_mass_accuracy,
-    relevance_rank_accuracy,
-    srg_scores,
-)
+from explainers import relevance_mass_accuracy, relevance_rank_accuracy
+from salvage import SRG, RelativeSRG, RelevanceAccuracy, insertion_curve, relative_srg_scores, srg_scores
 
 
 class AdditiveGame(nn.Module):
@@ -103,7 +95,7 @@ def test_metric_wrappers_accumulate_over_batches():
     out = metric.compute()
     assert out["srg"].item() == pytest.approx(direct["srg"].mean().item(), abs=1e-6)
     assert out["srg"].item() == pytest.approx(out["mif"].item() - out["lif"].item(), abs=1e-6)
-    assert metric.srg.dtype == torch.float64 and metric._reductions["srg"].__name__ == "dim_zero_sum"
+    assert metric.srg_sum.dtype == torch.float64 and metric._reductions["srg_sum"].__name__ == "dim_zero_sum"
     rel = RelativeSRG(n_masks=8, seed=3)
     rel.update(game, images, maps, target)
     first = rel.compute()["r_srg"].item()

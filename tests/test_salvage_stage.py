@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import train
-from attribution import get
-from salvage import ExplainerModule, stage_module
+from explainers import get
+from models import load_stage
+from salvage import ExplainerModule
 from tests.conftest import tiny_stage_args
 
 TINY = ["--model.init_args.masks_per_image", "4", "--model.init_args.val_r_masks", "2",
@@ -48,11 +49,15 @@ def test_checkpoint_rebuilds_without_the_surrogate_and_keeps_it_out(explainer_ru
     moved = tmp_path / "explainer.ckpt"
     ckpt["hyper_parameters"]["surrogate_ckpt"] = str(tmp_path / "gone.ckpt")
     torch.save(ckpt, moved)
-    model = stage_module(moved, expect="explainer").eval()
+    model = load_stage(moved, expect="explainer").eval()
     assert isinstance(model, ExplainerModule) and model.game is None
     images = torch.rand(3, 3, 32, 32)
-    maps = get("salvage").fn(model, images)
+    with torch.no_grad():
+        maps = model(images)  # per-class phi
     assert maps.shape == (3, 6, 4, 4) and torch.isfinite(maps).all()
+    target = torch.tensor([0, 3, 5])
+    e = get("salvage").fn(None, images, target, explainer=model)
+    assert torch.equal(e.maps, maps[torch.arange(3), target])
     sets = model._sets(images).detach()
     raw = (sets[:, 0] - sets[:, 1]).view(3, 6, 4, 4)
     assert maps.sum(1).abs().max() < 1e-5, "phi is centred over classes"
@@ -60,16 +65,16 @@ def test_checkpoint_rebuilds_without_the_surrogate_and_keeps_it_out(explainer_ru
     probs = model.class_probabilities(images)
     assert torch.allclose(probs.sum(-1), torch.ones(3))
     with pytest.raises(ValueError, match="loss=mse"):
-        get("vit_shapley").fn(model, images)
+        get("vit_shapley").fn(None, images, target, explainer=model)
 
 
 def test_encoder_starts_from_the_surrogate_backbone(surrogate_ckpt):
     model = ExplainerModule(surrogate_ckpt=surrogate_ckpt)
     model.setup("fit")
-    surrogate = stage_module(surrogate_ckpt).model
+    surrogate = load_stage(surrogate_ckpt).model
     block = "backbone.blocks.1.mlp.fc2.weight"
     assert torch.equal(model.net.encoder.state_dict()[block], surrogate.state_dict()[block])
-    assert get("salvage").needs == "explainer" and get("salvage").access == "white"
+    assert get("salvage").needs == ("explainer",) and get("salvage").access == "white"
 
 
 def test_vit_shapley_variant_takes_a_step_with_one_surrogate_call_for_all_masks(surrogate_ckpt):
@@ -83,9 +88,12 @@ def test_vit_shapley_variant_takes_a_step_with_one_surrogate_call_for_all_masks(
     loss.backward()
     assert torch.isfinite(loss) and model.net.decoder.cls_emb.grad is not None
     assert calls[-1] == 2 * (4 + 2)  # all masks of the batch, plus v(N) and v(empty), in one surrogate call
-    maps = get("vit_shapley").fn(model, images)
+    with torch.no_grad():
+        maps = model(images)
     full = game(images).softmax(-1) - game(images, torch.zeros(2, 16, dtype=torch.bool)).softmax(-1)
     assert torch.allclose(maps.flatten(2).sum(-1), full, atol=1e-5)  # efficiency after normalisation
+    e = get("vit_shapley")({"classifier": game, "explainer": model}, images, torch.tensor([1, 4]))
+    assert torch.equal(e.maps, maps[torch.arange(2), torch.tensor([1, 4])])
     with pytest.raises(ValueError, match="needs phi\\+ of the JS loss"):
         model.class_probabilities(images)
 

@@ -88,7 +88,7 @@ def test_datamodule_batches_carry_ground_truth():
     dm = SyntheticDataModule(img_size=32, batch_size=8, n_train=16, n_val=8, n_test=8, cue=CueConfig(), occluders=2)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image", "label", "mask", "cue_mask", "cue_strength", "occluder_mask"}
+    assert set(batch) == {"image", "label", "mask", "cue_mask", "cue_strength", "occluder_mask", "index"}
     assert batch["image"].shape == (8, 3, 32, 32) and batch["cue_strength"].shape == (8,)
     assert torch.equal(dm.data_train[3]["image"], dm.data_train.render(3)["image"])
     assert isinstance(dm.hparams["cue"], dict)

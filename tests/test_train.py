@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import train
-from salvage import ClassifierModule, SurrogateModule, load_checkpoint, stage_module
+from models import ClassifierModule, load_checkpoint, load_stage
+from salvage import SurrogateModule
 from tests.conftest import tiny_stage_args
 
 
@@ -35,7 +36,7 @@ def test_checkpoint_reloads_with_weights_only_and_identical_logits(classifier_ru
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
     model = ClassifierModule(**hparams).eval()
     model.load_state_dict(ckpt["state_dict"])
-    reloaded = stage_module(path, expect="classifier").eval()
+    reloaded = load_stage(path, expect="classifier").eval()
     images = torch.rand(4, 3, 32, 32)
     mask = torch.rand(4, 16) < 0.5
     with torch.no_grad():
@@ -72,7 +73,7 @@ def test_surrogate_starts_from_the_classifier_and_keeps_the_teacher_out(classifi
     _, cls = classifier_run
     surrogate = SurrogateModule(classifier_ckpt=cls["best_checkpoint"], lr=1e-3)
     surrogate.setup("fit")
-    classifier = stage_module(cls["best_checkpoint"]).eval()
+    classifier = load_stage(cls["best_checkpoint"]).eval()
     images = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(surrogate.eval()(images), classifier(images))
@@ -82,7 +83,7 @@ def test_surrogate_starts_from_the_classifier_and_keeps_the_teacher_out(classifi
     assert results["stage"] == "surrogate" and 0 <= results["test"]["test/agreement_top1"] <= 1
     with pytest.raises(ValueError, match="is a surrogate checkpoint, but a classifier checkpoint is needed"):
         SurrogateModule(classifier_ckpt=results["best_checkpoint"])
-    reloaded = stage_module(results["best_checkpoint"], expect="surrogate")
+    reloaded = load_stage(results["best_checkpoint"], expect="surrogate")
     assert reloaded.hparams.backbone_spec["img_size"] == 32
 
 

@@ -4,36 +4,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning as L
-import timm
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from salvage.masks import fixed_fraction_masks
-from salvage.maskable import MaskableClassifier, create_backbone
+from models.maskable import build_classifier
+from models.masking import fixed_fraction_masks, per_image_masks
+from models.stages import StageModule, register_stage
 
 MASKED_FRACTIONS = (0.25, 0.5, 0.75)
 
 
-def build_classifier(
-    backbone: str,
-    num_classes: int,
-    img_size: int,
-    pretrained: bool = False,
-    patch_size: int | None = None,
-    backbone_kwargs: dict[str, Any] | None = None,
-) -> MaskableClassifier:
-    """A MaskableClassifier around the timm model `backbone` (ViTs get `img_size`, CNNs a `patch_size` grid)."""
-    kwargs = dict(backbone_kwargs or {})
-    if timm.is_model(backbone) and timm.models.is_model_in_modules(backbone, ["vision_transformer", "synthetic_vit"]):
-        kwargs.setdefault("img_size", img_size)
-    net = create_backbone(backbone, num_classes, pretrained=pretrained, **kwargs)
-    return MaskableClassifier(net, img_size=img_size, patch_size=patch_size)
-
-
-class MaskableModule(L.LightningModule):
+class MaskableModule(StageModule):
     """Shared training plumbing: AdamW with linear warm-up and cosine decay, finite-loss guard, masked test accuracy."""
 
     def __init__(self, num_classes: int, lr: float, weight_decay: float, warmup_steps: int, eval_seed: int) -> None:
@@ -61,9 +44,6 @@ class MaskableModule(L.LightningModule):
         g.manual_seed(self.eval_seed * 1_000_003 + batch_idx * 101 + salt)
         return g
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["stage"] = self.stage
-
     def check_finite(self, loss: Tensor) -> Tensor:
         """Stop with a clear message as soon as the loss is NaN or infinite."""
         if not torch.isfinite(loss):
@@ -74,11 +54,15 @@ class MaskableModule(L.LightningModule):
             )
         return loss
 
-    def masked_accuracy_step(self, model: torch.nn.Module, images: Tensor, labels: Tensor, batch_idx: int) -> None:
-        """Update accuracy on full images and with 25/50/75% of patches masked (fixed masks)."""
+    def masked_accuracy_step(self, model: nn.Module, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Update accuracy on full images and with 25/50/75% of patches masked: each image's mask is drawn from its
+        dataset index (`batch["index"]`), so results do not depend on batching or the number of devices."""
+        images, labels = batch["image"], batch["label"]
         for k, fraction in enumerate((0.0, *MASKED_FRACTIONS)):
             mask = None
-            if fraction > 0:
+            if fraction > 0 and "index" in batch:
+                mask = per_image_masks(batch["index"], model.num_patches, fraction, self.eval_seed)
+            elif fraction > 0:
                 g = self.eval_generator(batch_idx, salt=k)
                 mask = fixed_fraction_masks(images.shape[0], model.num_patches, fraction, g, self.device)
             self.test_acc[self._frac_key(fraction)].update(model(images, mask), labels)
@@ -104,10 +88,10 @@ class MaskableModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+@register_stage("classifier")
 class ClassifierModule(MaskableModule):
     """Stage 1: fine-tune (or train from scratch) a classifier on full images with cross-entropy."""
 
-    stage = "classifier"
     monitor = ("val/acc", "max")
 
     def __init__(
@@ -133,6 +117,9 @@ class ClassifierModule(MaskableModule):
     def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         return self.model(images, patch_mask)
 
+    def provides(self) -> dict[str, nn.Module]:
+        return {"classifier": self.model}
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = batch["image"]
         if self.hparams.hflip:
@@ -150,7 +137,7 @@ class ClassifierModule(MaskableModule):
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.masked_accuracy_step(self.model, batch["image"], batch["label"], batch_idx)
+        self.masked_accuracy_step(self.model, batch, batch_idx)
 
     def on_test_epoch_end(self) -> None:
         self.log_masked_accuracy()

@@ -5,86 +5,18 @@ over the model's patch grid from captum too (KernelShap, Lime, Occlusion), class
 (GradCAM, EigenCAM; ViT activations reshaped to the patch grid without the prefix tokens). RISE and attention rollout
 (with register tokens) are written here because no library offers them in a batched form. Access levels: "white"
 needs gradients, "grey" needs internals (activations, attention), "black" only calls model(images) -> logits.
-A model declares its own access in an `access` attribute (see `BlackBoxModel`); modules without one are white boxes.
+Removed pixels take the model's mask value (`models.masking`).
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attribution.registry import Access, available, get, register
-from rex.blackbox import mask_fill
-
-ACCESS_LEVEL = {"black": 0, "grey": 1, "white": 2}
-_NEEDS = {"grey": "model internals (activations or attention weights)", "white": "gradients"}
-
-
-class BlackBoxModel(nn.Module):
-    """A model known only as a function images (B, 3, H, W) in [0, 1] -> logits, e.g. a TorchScript file; `mean`
-    (its input normalisation mean, when known) is the colour that perturbation methods mask with."""
-
-    access: Access = "black"
-
-    def __init__(self, fn: Callable[[Tensor], Tensor], img_size: int, patch_grid: tuple[int, int] = (8, 8),
-                 mean: Tensor | None = None) -> None:
-        super().__init__()
-        self.fn = fn
-        self.img_size = img_size
-        self.patch_grid = tuple(patch_grid)
-        if mean is not None:
-            self.register_buffer("mean", torch.as_tensor(mean).float().view(1, -1, 1, 1), persistent=False)
-
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        return self.fn(images)
-
-
-def model_access(model: nn.Module) -> Access:
-    """The access a model grants: its `access` attribute, "white" for an ordinary nn.Module."""
-    return getattr(model, "access", "white")
-
-
-def check_access(model: nn.Module, method: str, access: Access) -> None:
-    """Refuse a method that needs more access (gradients, internals) than the model grants, naming the ones it can run."""
-    have = model_access(model)
-    if ACCESS_LEVEL[access] <= ACCESS_LEVEL[have]:
-        return
-    usable = [n for n in available() if ACCESS_LEVEL[get(n).access] <= ACCESS_LEVEL[have]]
-    raise ValueError(
-        f"method {method!r} is a {access}-box method: it needs {_NEEDS[access]}, but this model is a {have}-box model "
-        f"({type(model).__name__}). Methods this model supports: {', '.join(usable)}"
-    )
-
-
-def _method(name: str, access: Access) -> Callable:
-    """Register a baseline under `name`, refusing models that do not grant `access`."""
-
-    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        @functools.wraps(fn)
-        def checked(model: nn.Module, images: Tensor, target: Tensor | None = None, **kw: Any) -> Tensor:
-            check_access(model, name, access)
-            target = _target(model, images, target)
-            if access == "black":
-                return fn(model, images, target, **kw)
-            with torch.enable_grad():
-                return fn(model, images, target, **kw)
-
-        register(name, access=access)(checked)
-        return checked
-
-    return wrap
-
-
-def _target(model: nn.Module, images: Tensor, target: Tensor | int | None) -> Tensor:
-    """Target classes (B,): given, or the model's prediction."""
-    if target is None:
-        with torch.no_grad():
-            return model(images).argmax(1)
-    return torch.as_tensor(target, device=images.device).long().expand(images.shape[0])
+from explainers.protocol import Explanation, explainer
+from models.masking import apply_mask, mask_fill
 
 
 def patch_grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
@@ -108,7 +40,7 @@ def _to_patches(attr: Tensor, grid: tuple[int, int]) -> Tensor:
 
 
 def _fill(model: nn.Module, images: Tensor) -> Tensor:
-    """What a perturbation method puts in place of removed pixels: ReX's mask value, shaped like `images`."""
+    """What a perturbation method puts in place of removed pixels (the model's mask value), shaped like `images`."""
     return mask_fill(model).to(images).expand_as(images)
 
 
@@ -116,31 +48,31 @@ def _forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda x: model(x)
 
 
-@_method("saliency", "white")
-def saliency(model: nn.Module, images: Tensor, target: Tensor | None = None) -> Tensor:
+@explainer("saliency", access="white")
+def saliency(model: nn.Module, images: Tensor, target: Tensor) -> Explanation:
     """Saliency (Simonyan et al. 2014): max over channels of |d logit_target / d pixel|, pixel map (B, H, W)."""
     from captum.attr import Saliency
 
-    return Saliency(_forward(model)).attribute(images, target=target, abs=True).amax(1)
+    return Explanation(maps=Saliency(_forward(model)).attribute(images, target=target, abs=True).amax(1))
 
 
-@_method("integrated_gradients", "white")
+@explainer("integrated_gradients", access="white")
 def integrated_gradients(
-    model: nn.Module, images: Tensor, target: Tensor | None = None, n_steps: int = 32, internal_batch_size: int = 64
-) -> Tensor:
+    model: nn.Module, images: Tensor, target: Tensor, n_steps: int = 32, internal_batch_size: int = 64
+) -> Explanation:
     """Integrated Gradients (Sundararajan et al. 2017) from a black baseline, summed over channels: (B, H, W)."""
     from captum.attr import IntegratedGradients
 
     ig = IntegratedGradients(_forward(model))
     attr = ig.attribute(images, baselines=0.0, target=target, n_steps=n_steps, internal_batch_size=internal_batch_size)
-    return attr.sum(1)
+    return Explanation(maps=attr.sum(1))
 
 
-@_method("smoothgrad", "white")
+@explainer("smoothgrad", access="white")
 def smoothgrad(
-    model: nn.Module, images: Tensor, target: Tensor | None = None, nt_samples: int = 8, stdevs: float = 0.1,
+    model: nn.Module, images: Tensor, target: Tensor, nt_samples: int = 8, stdevs: float = 0.1,
     n_steps: int = 16, seed: int = 0,
-) -> Tensor:
+) -> Explanation:
     """NoiseTunnel: SmoothGrad (Smilkov et al. 2017) over Integrated Gradients, summed over channels: (B, H, W)."""
     from captum.attr import IntegratedGradients, NoiseTunnel
 
@@ -154,14 +86,14 @@ def smoothgrad(
         )
     finally:
         torch.random.set_rng_state(state)
-    return attr.sum(1)
+    return Explanation(maps=attr.sum(1))
 
 
-@_method("gradient_shap", "white")
+@explainer("gradient_shap", access="white")
 def gradient_shap(
-    model: nn.Module, images: Tensor, target: Tensor | None = None, n_samples: int = 16, n_baselines: int = 8,
+    model: nn.Module, images: Tensor, target: Tensor, n_samples: int = 16, n_baselines: int = 8,
     seed: int = 0,
-) -> Tensor:
+) -> Explanation:
     """GradientSHAP (Lundberg and Lee 2017) over black and uniform-noise baselines, summed over channels: (B, H, W)."""
     from captum.attr import GradientShap
 
@@ -174,7 +106,7 @@ def gradient_shap(
         attr = GradientShap(_forward(model)).attribute(images, baselines=baselines, target=target, n_samples=n_samples)
     finally:
         torch.random.set_rng_state(state)
-    return attr.sum(1)
+    return Explanation(maps=attr.sum(1))
 
 
 def _per_image_surrogate(
@@ -197,34 +129,35 @@ def _per_image_surrogate(
     return _to_patches(torch.cat(attrs), grid) / 3
 
 
-@_method("kernel_shap", "black")
+@explainer("kernel_shap", access="black")
 def kernel_shap(
-    model: nn.Module, images: Tensor, target: Tensor | None = None, n_samples: int = 256, chunk: int = 64,
+    model: nn.Module, images: Tensor, target: Tensor, n_samples: int = 256, chunk: int = 64,
     seed: int = 0,
-) -> Tensor:
+) -> Explanation:
     """KernelSHAP (Lundberg and Lee 2017) over the model's patches (masked to the model's mean colour): patch map (B, gh, gw)."""
     from captum.attr import KernelShap
 
     with torch.no_grad():
-        return _per_image_surrogate(KernelShap(_forward(model)), model, images, target, n_samples, chunk, seed)
+        return Explanation(maps=_per_image_surrogate(KernelShap(_forward(model)), model, images, target, n_samples,
+                                                     chunk, seed))
 
 
-@_method("lime", "black")
+@explainer("lime", access="black")
 def lime(
-    model: nn.Module, images: Tensor, target: Tensor | None = None, n_samples: int = 256, chunk: int = 64,
+    model: nn.Module, images: Tensor, target: Tensor, n_samples: int = 256, chunk: int = 64,
     seed: int = 0, alpha: float = 1.0,
-) -> Tensor:
+) -> Explanation:
     """LIME (Ribeiro et al. 2016): ridge surrogate over the model's patches (masked to the model's mean colour): patch map (B, gh, gw)."""
     from captum._utils.models.linear_model import SkLearnRidge
     from captum.attr import Lime
 
-    explainer = Lime(_forward(model), interpretable_model=SkLearnRidge(alpha=alpha))
+    ridge = Lime(_forward(model), interpretable_model=SkLearnRidge(alpha=alpha))
     with torch.no_grad():
-        return _per_image_surrogate(explainer, model, images, target, n_samples, chunk, seed)
+        return Explanation(maps=_per_image_surrogate(ridge, model, images, target, n_samples, chunk, seed))
 
 
-@_method("occlusion", "black")
-def occlusion(model: nn.Module, images: Tensor, target: Tensor | None = None, chunk: int = 64) -> Tensor:
+@explainer("occlusion", access="black")
+def occlusion(model: nn.Module, images: Tensor, target: Tensor, chunk: int = 64) -> Explanation:
     """Occlusion (Zeiler and Fergus 2014): output drop when one patch is set to the model's mean colour: patch map (B, gh, gw)."""
     from captum.attr import Occlusion
 
@@ -235,7 +168,7 @@ def occlusion(model: nn.Module, images: Tensor, target: Tensor | None = None, ch
             images, sliding_window_shapes=window, strides=window, baselines=_fill(model, images), target=target,
             perturbations_per_eval=chunk,
         )
-    return _to_patches(attr, grid) / images.shape[1]
+    return Explanation(maps=_to_patches(attr, grid) / images.shape[1])
 
 
 def _cam_layer(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None]:
@@ -252,7 +185,7 @@ def _cam_layer(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor] 
     if info is None:
         raise ValueError(
             f"grad-cam needs a target layer, but {type(backbone).__name__} is neither one of this project's ViTs nor a "
-            "timm CNN with feature_info; wrap the model in salvage.MaskableClassifier"
+            "timm CNN with feature_info; wrap the model in models.MaskableClassifier"
         )
     name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
     return backbone.get_submodule(name), None
@@ -271,21 +204,21 @@ def _grad_cam(cam_class: type, model: nn.Module, images: Tensor, target: Tensor)
     return torch.as_tensor(maps, device=images.device).float()
 
 
-@_method("gradcam", "white")
-def gradcam(model: nn.Module, images: Tensor, target: Tensor | None = None) -> Tensor:
+@explainer("gradcam", access="white")
+def gradcam(model: nn.Module, images: Tensor, target: Tensor) -> Explanation:
     """Grad-CAM (Selvaraju et al. 2017) on the last block / stage via grad-cam: pixel map (B, H, W) in [0, 1]."""
     from pytorch_grad_cam import GradCAM
 
-    return _grad_cam(GradCAM, model, images, target)
+    return Explanation(maps=_grad_cam(GradCAM, model, images, target))
 
 
-@_method("eigencam", "grey")
-def eigencam(model: nn.Module, images: Tensor, target: Tensor | None = None) -> Tensor:
+@explainer("eigencam", access="grey")
+def eigencam(model: nn.Module, images: Tensor, target: Tensor) -> Explanation:
     """Eigen-CAM (Muhammad and Yeasin 2020): first principal component of the last activations, (B, H, W)."""
     from pytorch_grad_cam import EigenCAM
 
     with torch.no_grad():
-        return _grad_cam(EigenCAM, model, images, target)
+        return Explanation(maps=_grad_cam(EigenCAM, model, images, target))
 
 
 def rise_masks(n: int, cells: int, size: tuple[int, int], p: float, generator: torch.Generator) -> Tensor:
@@ -302,32 +235,33 @@ def rise_masks(n: int, cells: int, size: tuple[int, int], p: float, generator: t
     return up[torch.arange(n)[:, None, None], rows, cols]
 
 
-@_method("rise", "black")
+@explainer("rise", access="black")
 def rise(
-    model: nn.Module, images: Tensor, target: Tensor | None = None, n_masks: int = 1000, cells: int | None = None,
+    model: nn.Module, images: Tensor, target: Tensor, n_masks: int = 1000, cells: int | None = None,
     p: float = 0.5, chunk: int = 256, seed: int = 0,
-) -> Tensor:
+) -> Explanation:
     """RISE (Petsiuk et al. 2018, eq. 6): sum_i p_target(I * M_i + fill * (1 - M_i)) M_i / (N p), masks shared by the batch: (B, H, W)."""
     cells = cells or max(patch_grid(model, images))
     g = torch.Generator().manual_seed(seed)
     masks = rise_masks(n_masks, cells, images.shape[-2:], p, g).to(images)
-    fill = _fill(model, images)
+    fill = mask_fill(model)
     b = images.shape[0]
     scores = []
     with torch.no_grad():
         for m in masks.split(max(1, chunk // b)):
-            mutants = torch.lerp(fill[:, None], images[:, None], m[None, :, None]).flatten(0, 1)
+            owner = torch.arange(b, device=images.device).repeat_interleave(m.shape[0])
+            mutants = apply_mask(images, m.repeat(b, 1, 1), fill, owner)
             probs = model(mutants).float().softmax(-1).view(b, m.shape[0], -1)
             scores.append(probs.gather(2, target.view(b, 1, 1).expand(b, m.shape[0], 1))[..., 0])
     weights = torch.cat(scores, 1)
-    return torch.einsum("bn,nhw->bhw", weights, masks.float()) / (n_masks * p)
+    return Explanation(maps=torch.einsum("bn,nhw->bhw", weights, masks.float()) / (n_masks * p))
 
 
-@_method("attention_rollout", "grey")
+@explainer("attention_rollout", access="grey")
 def attention_rollout(
-    model: nn.Module, images: Tensor, target: Tensor | None = None, head_fusion: str = "mean",
+    model: nn.Module, images: Tensor, target: Tensor, head_fusion: str = "mean",
     discard_ratio: float = 0.0,
-) -> Tensor:
+) -> Explanation:
     """Attention rollout (Abnar and Zuidema 2020): product over layers of 0.5 A + 0.5 I (heads fused, rows
     renormalised); the class token's row over the patch tokens (registers dropped): patch map (B, gh, gw)."""
     if not getattr(model, "is_vit", False):
@@ -361,11 +295,11 @@ def attention_rollout(
         a = 0.5 * a + 0.5 * eye
         rollout = (a / a.sum(-1, keepdim=True)) @ rollout
     gh, gw = model.patch_grid
-    return rollout[:, 0, model.num_prefix_tokens:].reshape(-1, gh, gw)
+    return Explanation(maps=rollout[:, 0, model.num_prefix_tokens:].reshape(-1, gh, gw))
 
 
-@_method("random", "black")
-def random_map(model: nn.Module, images: Tensor, target: Tensor | None = None, seed: int = 0) -> Tensor:
+@explainer("random", access="black")
+def random_map(model: nn.Module, images: Tensor, target: Tensor, seed: int = 0) -> Explanation:
     """Uniform random patch map (B, gh, gw): the chance baseline of the metrics tables."""
     g = torch.Generator().manual_seed(seed)
-    return torch.rand((images.shape[0], *patch_grid(model, images)), generator=g).to(images.device)
+    return Explanation(maps=torch.rand((images.shape[0], *patch_grid(model, images)), generator=g).to(images.device))

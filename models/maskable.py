@@ -5,9 +5,11 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
+
+from models import synthetic_vit  # noqa: F401  (registers the synthetic ViTs in timm)
+from models.masking import MaskValue, apply_mask, mask_fill, patch_to_pixel
 
 
 def create_backbone(name: str, num_classes: int, pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -23,10 +25,12 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = False, **kwa
 
 
 class MaskableClassifier(nn.Module):
-    """Wraps a timm backbone: normalises [0, 1] images, and masks patches (ViT: attention; CNN: pixel baseline)."""
+    """Wraps a timm backbone: normalises [0, 1] images, and masks patches (ViT: attention; CNN: pixels set to the
+    mask value of `models.masking`, by default the normalisation mean; `mask_value` overrides it for every method)."""
 
     def __init__(
-        self, backbone: nn.Module, img_size: int | None = None, patch_size: int | None = None, mask_value: float = 0.0
+        self, backbone: nn.Module, img_size: int | None = None, patch_size: int | None = None,
+        mask_value: MaskValue = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -62,8 +66,7 @@ class MaskableClassifier(nn.Module):
                 f"got {tuple(patch_mask.shape)}"
             )
         if patch_mask is not None and not self.is_vit:
-            pixel_mask = self.pixel_mask(patch_mask, images.shape[-2:])
-            images = torch.where(pixel_mask, images, torch.full_like(images, self.mask_value))
+            images = apply_mask(images, self.pixel_mask(patch_mask, images.shape[-2:]), mask_fill(self))
         x = (images - self.mean) / self.std
         if patch_mask is None or not self.is_vit:
             return self.backbone(x)
@@ -73,5 +76,20 @@ class MaskableClassifier(nn.Module):
 
     def pixel_mask(self, patch_mask: Tensor, size: tuple[int, int]) -> Tensor:
         """Pixel mask (B, 1, H, W) bool of a patch mask (B, n_patches)."""
-        grid = patch_mask.view(-1, 1, *self.patch_grid).float()
-        return F.interpolate(grid, size=tuple(size), mode="nearest").bool()
+        return patch_to_pixel(patch_mask, self.patch_grid, size)
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    img_size: int,
+    pretrained: bool = False,
+    patch_size: int | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+) -> MaskableClassifier:
+    """A MaskableClassifier around the timm model `backbone` (ViTs get `img_size`, CNNs a `patch_size` grid)."""
+    kwargs = dict(backbone_kwargs or {})
+    if timm.is_model(backbone) and timm.models.is_model_in_modules(backbone, ["vision_transformer", "synthetic_vit"]):
+        kwargs.setdefault("img_size", img_size)
+    net = create_backbone(backbone, num_classes, pretrained=pretrained, **kwargs)
+    return MaskableClassifier(net, img_size=img_size, patch_size=patch_size)

@@ -1,0 +1,143 @@
+"""What explain.py runs on: the models a checkpoint (or a TorchScript file) provides, and the images to explain."""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from evaluation.discovery import discover
+from models.queries import BlackBoxModel
+from models.stages import load_stage
+
+
+@dataclass
+class LoadedModels:
+    """The models explanation methods may use, by stage name ("classifier" answers every query), the stage of the
+    main checkpoint (None for a TorchScript black box) and the input size."""
+
+    models: dict[str, nn.Module]
+    stage: str | None
+    img_size: int
+    modules: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.models["classifier"]
+
+    def describe(self) -> str:
+        return "a TorchScript black box" if self.stage is None else f"a {self.stage} checkpoint"
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (torch.jit.save) holds compiled code/ entries; plain checkpoints do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in n for n in zf.namelist())
+
+
+def load_models(path: str | Path, img_size: int | None = None, grid: int = 8,
+                extra: dict[str, str] | None = None) -> LoadedModels:
+    """A checkpoint of any stage (weights_only) or a TorchScript file (a black box on images in [0, 1] -> logits),
+    plus checkpoints of further stages (`extra`: stage name -> path, e.g. a bridge)."""
+    discover()
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: checkpoint not found: {str(path)!r}")
+    if is_torchscript(path):
+        size = img_size or 224
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+        mean = getattr(scripted, "mean", None)
+        fill = "black" if mean is None else f"its mean colour {[round(float(v), 3) for v in mean.flatten()]}"
+        print(f"note: {path} is a TorchScript model: treated as a black box on {size} px images (--img-size), "
+              f"perturbed on a {grid}x{grid} grid (--grid), masked pixels set to {fill}")
+        loaded = LoadedModels({"classifier": BlackBoxModel(scripted, size, (grid, grid), mean)}, None, size)
+    else:
+        module = _stage(path)
+        hp = module.hparams
+        size = hp.get("img_size") or (hp.get("backbone_spec") or {}).get("img_size") or img_size or 224
+        loaded = LoadedModels(_provides(module, path), module.stage, int(size), [module])
+    for stage, extra_path in (extra or {}).items():
+        module = _stage(Path(extra_path), stage)
+        loaded.models.update({k: v for k, v in _provides(module, extra_path).items() if k != "classifier"})
+        loaded.modules.append(module)
+    return loaded
+
+
+def _stage(path: Path, expect: str | None = None) -> nn.Module:
+    try:
+        return load_stage(path, expect).eval()
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from err
+
+
+def _provides(module: Any, path: str | Path) -> dict[str, nn.Module]:
+    try:
+        return module.provides()
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {str(path)!r}: {err}") from err
+
+
+def _fit_image(img: Image.Image, name: str, size: int) -> Image.Image:
+    notes = []
+    if img.mode != "RGB":
+        notes.append(f"mode {img.mode} -> RGB")
+        img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
+    if img.size != (size, size):
+        notes.append(f"{img.size[0]}x{img.size[1]} -> {size}x{size}")
+        img = img.resize((size, size), Image.BILINEAR)
+    if notes:
+        print(f"note: {name}: converted ({', '.join(notes)})")
+    return img
+
+
+def load_image(path: str | Path, size: int) -> Tensor:
+    """An image file as (3, size, size) float in [0, 1]; other modes and sizes are converted with a note."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: image not found: {str(path)!r}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = _fit_image(img, path.name, size)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise SystemExit(f"error: cannot read image {str(path)!r}: {err}") from err
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1).contiguous()
+
+
+class ImageFiles(Dataset):
+    """Image files as dataset items {image, name, index}."""
+
+    def __init__(self, paths: list[str], size: int) -> None:
+        self.images = [load_image(p, size) for p in paths]
+        stems = [Path(p).stem for p in paths]
+        self.names = [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.images[i], "name": self.names[i], "index": i}
+
+
+class NamedSplit(Dataset):
+    """The first `limit` items of a datamodule split, each with a name and its index in the split."""
+
+    def __init__(self, dataset: Dataset, split: str, limit: int | None) -> None:
+        self.dataset, self.split = dataset, split
+        self.n = len(dataset) if limit is None else min(limit, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.dataset[i])
+        item.update(name=f"{self.split}_{i:05d}", index=i)
+        return item

@@ -1,0 +1,48 @@
+"""The explain run under Trainer.predict: every requested method on each batch, scored by the metric suite."""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from evaluation.loading import LoadedModels
+from evaluation.suite import score
+from explainers.protocol import Explanation, get
+
+
+class ExplainTask(L.LightningModule):
+    """predict_step runs each method (`explainers.get(name)`) on a batch and scores it; returns, per method, the
+    Explanation, its per-image metrics and the sufficient explanation they used, plus the per-image predictions."""
+
+    def __init__(self, loaded: LoadedModels, methods: list[str], options: dict[str, dict[str, Any]],
+                 target: int | None = None, dataset: Any = None, steps: int = 50, seed: int = 0,
+                 metrics: bool = True, srg_masks: int = 128) -> None:
+        super().__init__()
+        self.held = torch.nn.ModuleList([m for m in {id(m): m for m in [*loaded.models.values(), *loaded.modules]}.values()])
+        object.__setattr__(self, "loaded", loaded)
+        self.methods, self.options, self.fixed_target, self.dataset = methods, options, target, dataset
+        self.steps, self.seed, self.with_metrics, self.srg_masks = steps, seed, metrics, srg_masks
+
+    def on_predict_start(self) -> None:
+        self.held.eval()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        images = batch["image"]
+        models = self.loaded.models
+        with torch.no_grad():
+            probs = models["classifier"](images).float().softmax(-1)
+        pred = probs.argmax(1)
+        target = pred if self.fixed_target is None else torch.full_like(pred, self.fixed_target)
+        results: list[tuple[str, Explanation, dict[str, Tensor], Tensor | None]] = []
+        for method in self.methods:
+            e = get(method)(models, images, target, batch=batch, dataset=self.dataset,
+                            **self.options.get(method, {})).detach()
+            metrics: dict[str, Tensor] = {k: v for k, v in e.scores.items() if v.dtype != torch.bool}
+            extracted = e.explanation
+            if self.with_metrics:
+                g = torch.Generator(device=images.device).manual_seed(self.seed * 1_000_003 + batch_idx)
+                metrics, extracted = score(e, models, images, batch, self.steps, self.srg_masks, g)
+            results.append((method, e, metrics, extracted))
+        return {"probs": probs, "pred": pred, "target": target, "results": results}

@@ -1,0 +1,87 @@
+"""Files of an explain run, written by a Lightning BasePredictionWriter: per (image, method) a PNG and an npz, and
+at the end, gathered from every device, summary.json and (for several methods on a data split) comparison.md."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from evaluation.table import comparison_table
+from explainers.figures import explanation_figure, save_figure
+from explainers.maps import to_pixel_map
+
+
+class ExplanationWriter(BasePredictionWriter):
+    """Writes `<image>_<method>.png` / `.npz` per batch and summary.json (+ comparison.md) once all devices are done."""
+
+    def __init__(self, out_dir: str | Path, class_names: list[str] | None = None, meta: dict[str, Any] | None = None,
+                 compare: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir, self.class_names, self.meta, self.compare = Path(out_dir), class_names, meta or {}, compare
+        self.records: list[dict[str, Any]] = []
+
+    def _name(self, c: int) -> str:
+        return self.class_names[c] if self.class_names and 0 <= c < len(self.class_names) else f"class {c}"
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict[str, Any],
+                           batch_indices: Any, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> None:
+        images, probs, pred, target = batch["image"], prediction["probs"], prediction["pred"], prediction["target"]
+        b = images.shape[0]
+        for method, e, metrics, extracted in prediction["results"]:
+            pixel = None if e.maps is None else to_pixel_map(e.maps, tuple(images.shape[-2:]))
+            for i in range(b):
+                p, t = int(pred[i]), int(target[i])
+                rec = {"image": batch["name"][i], "predicted": p, "predicted_name": self._name(p),
+                       "confidence": float(probs[i, p]), "target": t, "target_confidence": float(probs[i, t])}
+                if "label" in batch:
+                    rec["label"] = int(batch["label"][i])
+                stem = f"{rec['image']}_{method}"
+                title = (f"{method}: predicted {rec['predicted_name']} (p = {rec['confidence']:.2f})"
+                         + ("" if t == p else f", target {self._name(t)}"))
+                flags = {k: bool(v[i]) for k, v in e.scores.items() if v.dtype == torch.bool}
+                if e.curve is not None:
+                    title = f"{method}: " + ", ".join(f"{k} = {float(v[i]):.3g}" for k, v in metrics.items()) + \
+                            f" ({rec['predicted_name']})"
+                shown = e if extracted is None else replace(e, explanation=extracted)
+                save_figure(explanation_figure(images[i], shown, i, title, method), self.out_dir / f"{stem}.png")
+                arrays = {"map": pixel, "raw_map": e.maps, "explanation": None if extracted is None else extracted[:, 0],
+                          "curve": e.curve, "counterfactual": e.counterfactual, "region": e.region}
+                saved = {k: v[i].cpu().numpy() for k, v in arrays.items() if v is not None}
+                if e.x is not None:
+                    saved["x"] = e.x.cpu().numpy()
+                np.savez_compressed(self.out_dir / f"{stem}.npz", **saved)
+                self.records.append({**rec, "method": method, **flags, "seconds": e.seconds / b,
+                                     "model_calls": e.model_calls / b, "model_images": e.model_images / b,
+                                     "metrics": {k: float(v[i]) for k, v in metrics.items()},
+                                     "files": {"overlay": f"{stem}.png", "npz": f"{stem}.npz"}})
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        records = self.records
+        if dist.is_available() and dist.is_initialized():
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, records)
+            records = [r for part in parts for r in part]
+        self.records = sorted(records, key=lambda r: (r["image"], r["method"]))
+        if not trainer.is_global_zero:
+            return
+        summary = {**self.meta, "records": self.records}
+        (self.out_dir / "summary.json").write_text(json.dumps(finite(summary), indent=1, allow_nan=False))
+        if self.compare:
+            (self.out_dir / "comparison.md").write_text(comparison_table(self.records))
+
+
+def finite(value: Any) -> Any:
+    """JSON-ready copy of `value` with NaN and infinite floats as null."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -1,0 +1,109 @@
+"""Pictures of explanations: the attribution map over the image with the extracted explanation, prediction curves
+along an intervention, and `explanation_figure`, which draws whatever an `Explanation` holds for one image."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from explainers.maps import to_pixel_map
+from explainers.protocol import Explanation
+
+
+def overlay_figure(image: Tensor, pixel_map: Tensor, title: str, explanation: Tensor | None = None,
+                   map_title: str = "attribution") -> Figure:
+    """Panels: input image (3, H, W), the pixel map (H, W) over the greyed image, and (optionally) the image with
+    everything outside the explanation mask (1, H, W) darkened."""
+    img = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    heat = pixel_map.detach().float().cpu().numpy()
+    panels = 3 if explanation is not None else 2
+    fig = Figure(figsize=(2.6 * panels, 3.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels)
+    axes[0].imshow(img)
+    axes[0].set_title("input", fontsize=8)
+    axes[1].imshow(img.mean(-1), cmap="gray", vmin=0, vmax=1)
+    lo, hi = np.nanmin(heat), np.nanmax(heat)
+    axes[1].imshow(heat, cmap="jet", alpha=0.55, vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
+    axes[1].set_title(map_title, fontsize=8)
+    if explanation is not None:
+        keep = explanation.detach().reshape(img.shape[:2]).cpu().numpy().astype(bool)
+        axes[2].imshow(np.where(keep[..., None], img, 0.15 * img))
+        axes[2].contour(keep, levels=[0.5], colors="yellow", linewidths=0.8)
+        axes[2].set_title(f"explanation ({100 * keep.mean():.1f}% of image)", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_prediction_curve(
+    x: Tensor,
+    curves: Tensor,
+    strip: Tensor | None = None,
+    strip_x: Tensor | None = None,
+    labels: list[str] | None = None,
+    title: str | None = None,
+    ylabel: str = "p(predicted class)",
+) -> Figure:
+    """Prediction F(I_x) vs x for one curve (N,) or several (n, N), optionally with I_x thumbnails under it."""
+    curves = curves.detach().float().cpu().reshape(-1, curves.shape[-1])
+    x = x.detach().float().cpu()
+    n_thumbs = 0 if strip is None else strip.shape[0]
+    fig = Figure(figsize=(max(5.0, 1.3 * n_thumbs), 4.2 if n_thumbs else 3.2))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2 if n_thumbs else 1, max(n_thumbs, 1), height_ratios=[2.2, 1] if n_thumbs else [1])
+    ax = fig.add_subplot(grid[0, :])
+    for i, curve in enumerate(curves):
+        ax.plot(x.numpy(), curve.numpy(), label=None if labels is None else labels[i])
+    ax.set_xlim(float(x[0]), float(x[-1]))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("x (property realisation)")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    if labels is not None:
+        ax.legend(fontsize=7)
+    for t in range(n_thumbs):
+        thumb = fig.add_subplot(grid[1, t])
+        thumb.imshow(strip[t].permute(1, 2, 0).float().cpu().numpy())
+        thumb.set_xticks([])
+        thumb.set_yticks([])
+        if strip_x is not None:
+            thumb.set_xlabel(f"x={float(strip_x[t]):.2f}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """RGB uint8 array (H, W, 3) of a rendered figure, for image loggers."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def explanation_figure(image: Tensor, explanation: Explanation, i: int, title: str, method: str) -> Figure:
+    """The picture of image `i` of an Explanation: the map (and extracted explanation) over the image, and/or the
+    prediction curve along an intervention with its frames under it."""
+    e = explanation
+    if e.curve is not None:
+        frames = None if e.frames is None else e.frames[i]
+        strip_x = None if frames is None else torch.linspace(0, 1, frames.shape[0])
+        return plot_prediction_curve(e.x, e.curve[i], frames, strip_x, title=title)
+    pixel = to_pixel_map(e.maps[i:i + 1], tuple(image.shape[-2:]))[0]
+    return overlay_figure(image, pixel, title, None if e.explanation is None else e.explanation[i],
+                          map_title=f"{method} map")
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure as a PNG at `path` (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

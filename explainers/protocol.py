@@ -1,0 +1,190 @@
+"""The explainer protocol: one decorator, one registry, one result type for every explanation method.
+
+    @explainer("my_method", access="black")
+    def my_method(model, images, target, n_samples: int = 64) -> Explanation:
+        ...
+        return Explanation(maps=scores)            # (B, h, w), higher = more important for `target`
+
+`model` is always the classifier being explained (images (B, 3, H, W) in [0, 1] -> logits); the other stages a
+method needs (`needs=("explainer",)`, RCSB's `("bridge",)`) arrive as keyword arguments of the same names, and a
+method that declares a `batch` or `dataset` parameter receives the batch dict (ground-truth masks, indices) and
+its dataset. Every keyword parameter after those is an option (`--option my_method.n_samples=128`). Calling a
+`MethodSpec` checks the stages and the access the model grants, fills the default target (the predicted class),
+sets the gradient mode (on for white-box methods only), and times the call and counts the classifier's forward calls.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Literal
+
+import torch
+from torch import Tensor, nn
+
+from models.queries import CallCounter
+
+Access = Literal["black", "grey", "white"]
+ACCESS_LEVEL: dict[str, int] = {"black": 0, "grey": 1, "white": 2}
+_GRANTS = {"grey": "model internals (activations or attention weights)", "white": "gradients"}
+_CONTEXT = ("batch", "dataset")
+
+
+@dataclass
+class Explanation:
+    """What a method returns for B images; every field but `target` is optional.
+
+    maps: (B, h, w) float, the target class's map at pixel (h, w = H, W) or patch-grid resolution, higher = more
+    important. explanation: (B, 1, H, W) bool, the method's own sufficient explanation (ReX extracts one; for other
+    methods the metrics extract it from `maps`). counterfactual: (B, 3, H, W) edited images and region: (B, 1, H, W)
+    bool, where edits were allowed. curve: (B, N) the target probability along an intervention x (N,), frames:
+    (B, T, 3, H, W) thumbnails of it. scores: per-image values (B,) the method measures itself (bool values are
+    flags). seconds, model_calls, model_images: the cost of the call, filled in by the registry.
+    """
+
+    target: Tensor | None = None
+    maps: Tensor | None = None
+    explanation: Tensor | None = None
+    counterfactual: Tensor | None = None
+    region: Tensor | None = None
+    curve: Tensor | None = None
+    x: Tensor | None = None
+    frames: Tensor | None = None
+    scores: dict[str, Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+    model_calls: int = 0
+    model_images: int = 0
+
+    def detach(self) -> Explanation:
+        """A copy with every tensor detached (maps as float)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in values.items():
+            if isinstance(v, Tensor):
+                values[k] = v.detach().float() if k == "maps" else v.detach()
+        values["scores"] = {k: v.detach() for k, v in self.scores.items()}
+        return Explanation(**values)
+
+
+def model_access(model: nn.Module) -> Access:
+    """The access a model grants: its `access` attribute, "white" for an ordinary nn.Module."""
+    return getattr(model, "access", "white")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its function, the access to the classifier it needs and the stages it uses."""
+
+    name: str
+    fn: Callable[..., Explanation]
+    access: Access
+    needs: tuple[str, ...]
+
+    @property
+    def summary(self) -> str:
+        """The first line of the method's docstring."""
+        return (inspect.getdoc(self.fn) or self.name).splitlines()[0]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Option names and defaults (None for a method that takes free-form options)."""
+        params = list(inspect.signature(self.fn).parameters.values())[3:]
+        return {p.name: p.default for p in params
+                if p.name not in (*self.needs, *_CONTEXT) and p.kind is not p.VAR_KEYWORD}
+
+    def check_access(self, model: nn.Module) -> None:
+        """Refuse a model that grants less access (gradients, internals) than the method needs."""
+        have = model_access(model)
+        if ACCESS_LEVEL[self.access] <= ACCESS_LEVEL[have]:
+            return
+        usable = [n for n in available() if ACCESS_LEVEL[get(n).access] <= ACCESS_LEVEL[have]]
+        raise ValueError(
+            f"method {self.name!r} is a {self.access}-box method: it needs {_GRANTS[self.access]}, but this model is "
+            f"a {have}-box model ({type(model).__name__}). Methods this model supports: {', '.join(usable)}"
+        )
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse options the method does not take, naming the ones it does."""
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.fn).parameters.values())
+        unknown = sorted(set(options) - set(self.options))
+        if unknown and not takes_any:
+            known = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {self.name!r}; its options: {known}")
+
+    def check_models(self, models: Mapping[str, nn.Module]) -> None:
+        """Refuse a call that lacks a stage the method needs."""
+        missing = [s for s in ("classifier", *self.needs) if models.get(s) is None]
+        if missing:
+            have = ", ".join(k for k, v in models.items() if v is not None) or "nothing"
+            raise ValueError(f"method {self.name!r} needs a {' and a '.join(missing)} checkpoint, but only "
+                             f"{have} is loaded")
+
+    def __call__(self, models: Mapping[str, nn.Module] | nn.Module, images: Tensor, target: Tensor | int | None = None,
+                 *, batch: Mapping[str, Any] | None = None, dataset: Any = None, **options: Any) -> Explanation:
+        """Run the method on `images` for `target` (default: the predicted class); `models` maps stage names to
+        models (a bare module is the classifier)."""
+        models = {"classifier": models} if isinstance(models, nn.Module) else dict(models)
+        self.check_models(models)
+        model = models["classifier"]
+        self.check_access(model)
+        self.check_options(options)
+        target = default_target(model, images, target)
+        params = inspect.signature(self.fn).parameters
+        extra = {s: models[s] for s in self.needs}
+        extra.update({k: v for k, v in (("batch", batch), ("dataset", dataset)) if k in params})
+        with CallCounter(model) as counter, torch.set_grad_enabled(self.access == "white"):
+            start = time.perf_counter()
+            out = self.fn(model, images, target, **extra, **options)
+            seconds = time.perf_counter() - start
+        if not isinstance(out, Explanation):
+            raise TypeError(f"method {self.name!r} returned {type(out).__name__}; methods return an Explanation")
+        if out.maps is not None and (out.maps.dim() != 3 or out.maps.shape[0] != images.shape[0]):
+            raise ValueError(f"method {self.name!r} returned maps of shape {tuple(out.maps.shape)}; "
+                             f"expected (B={images.shape[0]}, h, w) for the target class")
+        out.target = target if out.target is None else out.target
+        out.seconds, out.model_calls, out.model_images = seconds, counter.calls, counter.images
+        return out
+
+
+def default_target(model: nn.Module, images: Tensor, target: Tensor | int | None) -> Tensor:
+    """Target classes (B,): given (a class index or one per image), or the model's prediction."""
+    if target is None:
+        with torch.no_grad():
+            return model(images).argmax(1)
+    return torch.as_tensor(target, device=images.device).long().expand(images.shape[0])
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def explainer(name: str, access: Access = "black", needs: tuple[str, ...] = ()) -> Callable:
+    """Decorator: register `fn(model, images, target, [stage models], [batch], [dataset], **options) -> Explanation`
+    as method `name`; the registered `MethodSpec` is what the decorator returns."""
+    if access not in ACCESS_LEVEL:
+        raise ValueError(f"access must be one of {', '.join(ACCESS_LEVEL)}, got {access!r}")
+
+    def wrap(fn: Callable[..., Explanation]) -> MethodSpec:
+        if name in _REGISTRY:
+            raise ValueError(f"explanation method {name!r} is registered twice")
+        spec = MethodSpec(name, fn, access, tuple(s for s in needs if s != "classifier"))
+        _REGISTRY[name] = spec
+        return spec
+
+    return wrap
+
+
+def unregister(name: str) -> None:
+    """Remove a method (for tests that register a toy one)."""
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> MethodSpec:
+    """The method registered as `name`; unknown names list the known ones."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown explanation method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def available() -> list[str]:
+    """Names of all registered methods."""
+    return sorted(_REGISTRY)

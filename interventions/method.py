@@ -1,0 +1,38 @@
+"""The gradual-intervention test as a registered explanation method (poster sections 3-4, Algorithm 1)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from explainers.protocol import Explanation, explainer
+from interventions.gradual import gradual_intervention_test
+from interventions.properties import PROPERTIES, get_property
+
+
+@explainer("intervention", access="black")
+def intervention_test(
+    model: nn.Module, images: Tensor, target: Tensor, batch: dict[str, Any] | None = None, dataset: Any = None,
+    property: str | None = None, num_steps: int | None = None, num_permutations: int = 1000, delta: float = 0.01,
+    plus_one: bool = False, seed: int = 0, frames: int = 5, batch_size: int = 256,
+) -> Explanation:
+    """Gradual interventions (Algorithm 1): the target probability along a property, S = E_x|dF/dx|, p-value, flips."""
+    if property is None:
+        raise ValueError(f"the intervention test needs a property; available: {', '.join(PROPERTIES)}")
+    factory = get_property(property)
+    index = torch.as_tensor((batch or {}).get("index", torch.arange(images.shape[0])))
+    try:
+        edit = factory({**(batch or {}), "image": images, "index": index}, dataset)
+    except (KeyError, AttributeError, TypeError) as err:
+        raise ValueError(
+            f"property {property!r} needs what these images do not have ({err}): ground-truth masks or a synthetic "
+            "dataset; run it on a datamodule split with --data"
+        ) from err
+    g = torch.Generator().manual_seed(seed)
+    res = gradual_intervention_test(model, images, edit, num_steps, num_permutations, delta, g, target=target,
+                                    plus_one=plus_one, batch_size=batch_size)
+    with torch.no_grad():
+        strip = torch.stack([edit(images, float(x)) for x in torch.linspace(0, 1, frames)], 1).clamp(0, 1)
+    scores = {"S": res.gradient, "p": res.p_value, "flips": res.flip_count, "significant": res.significant}
+    return Explanation(curve=res.curve, x=res.x, frames=strip, scores=scores)
