@@ -1,0 +1,182 @@
+"""Load NVlabs I2SB checkpoints into :class:`rcsb.network.ADMUNet`.
+
+NVlabs' ``results/<name>/latest.pt`` (written by ``Runner.train``) is a dict::
+
+    {"net": Image256Net.state_dict(),        # keys "diffusion_model.<UNetModel key>"
+     "ema": ExponentialMovingAverage.state_dict(),  # torch_ema: {"decay", "num_updates",
+                                                    #  "shadow_params": [tensor, ...] in
+                                                    #  net.parameters() order, "collected_params"}
+     "optimizer": ..., "sched": ...}
+
+Everything in it is tensors and plain containers, so it loads with ``weights_only=True``. NVlabs
+sample with the EMA weights (``ema.average_parameters()``), hence ``use_ema=True`` by default.
+A bare ``UNetModel`` state dict (e.g. I2SB's converted ``256x256_diffusion_uncond_fixedsigma.pt``)
+is accepted as well.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["extract_i2sb_state_dict", "load_i2sb_weights"]
+
+_PREFIX = "diffusion_model."  # I2SB's Image256Net holds the UNetModel as self.diffusion_model
+_EXPECTED = (
+    "expected an NVlabs I2SB checkpoint (results/<name>/latest.pt: a dict with 'net' and 'ema' entries) "
+    "or a bare guided-diffusion UNetModel state dict"
+)
+
+
+def _strip(key: str) -> str:
+    return key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    )
+
+
+def _last_line(err: BaseException) -> str:
+    """The most specific line of an exception message (torch's weights_only errors end with the cause)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(err).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("Check the documentation")]
+    return lines[-1][:200] if lines else type(err).__name__
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        keys = list(obj)[:8]
+        return f"a dict with keys {keys}{' ...' if len(obj) > 8 else ''}"
+    return f"a {type(obj).__name__}"
+
+
+def extract_i2sb_state_dict(checkpoint: Mapping[str, Any], net: nn.Module, use_ema: bool = True) -> dict[str, Tensor]:
+    """I2SB Runner checkpoint layout: the UNetModel state dict from 'net' (prefix stripped) or from the EMA shadow list.
+
+    The EMA's ``shadow_params`` list follows the wrapper's ``parameters()`` order; names are taken
+    from the checkpoint's own 'net' keys when present (their module's registration order), else
+    from ``net.named_parameters()``. Raises ValueError when the layout is not recognised.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{_EXPECTED}; got {_describe(checkpoint)}")
+
+    if "net" not in checkpoint and "ema" not in checkpoint:
+        if _is_state_dict(checkpoint):
+            return {_strip(k): v for k, v in checkpoint.items()}
+        raise ValueError(f"{_EXPECTED}; got {_describe(checkpoint)}")
+
+    raw = checkpoint.get("net")
+    if raw is not None and not _is_state_dict(raw):
+        raise ValueError(f"the checkpoint's 'net' entry should be a state dict of tensors, got {_describe(raw)}")
+    net_state = {_strip(k): v for k, v in raw.items()} if raw is not None else None
+    if raw is not None and not all(k.startswith(_PREFIX) for k in raw):
+        bad = next(k for k in raw if not k.startswith(_PREFIX))
+        raise ValueError(
+            f"the checkpoint's 'net' keys should all start with 'diffusion_model.' (I2SB's Image256Net wrapper), "
+            f"found {bad!r}; this is not an I2SB Image256Net checkpoint"
+        )
+
+    if not use_ema:
+        if net_state is None:
+            raise ValueError("the checkpoint has no 'net' entry; load its EMA weights with use_ema=True")
+        return net_state
+
+    ema = checkpoint.get("ema")
+    if ema is None:
+        raise ValueError("the checkpoint has no 'ema' entry; pass use_ema=False to load the raw 'net' weights")
+    shadow = ema.get("shadow_params") if isinstance(ema, Mapping) else None
+    if not isinstance(shadow, (list, tuple)) or not all(isinstance(p, Tensor) for p in shadow):
+        raise ValueError(
+            "the checkpoint's 'ema' entry should be a torch_ema ExponentialMovingAverage state dict with a "
+            f"'shadow_params' list of tensors, got {_describe(ema)}; pass use_ema=False to load the raw 'net' weights"
+        )
+    names = list(net_state) if net_state is not None else [n for n, _ in net.named_parameters()]
+    if len(shadow) != len(names):
+        raise ValueError(
+            f"the EMA holds {len(shadow)} tensors but the {'checkpoint network' if net_state is not None else 'network'} "
+            f"has {len(names)} parameters; the checkpoint does not match this architecture "
+            "(NVlabs' ImageNet checkpoints need rcsb.adm256())"
+        )
+    return dict(zip(names, shadow))
+
+
+def _check_compatible(state: Mapping[str, Tensor], net: nn.Module, source: str) -> None:
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", mismatched)):
+        if items:
+            problems.append(f"{len(items)} {label} (e.g. {items[:3]})")
+    hint = "build the network with the checkpoint's architecture (NVlabs' 256x256 ImageNet checkpoints: rcsb.adm256())"
+    first = "input_blocks.0.0.weight"
+    if first in state and first in own and state[first].ndim == 4 and state[first].shape[1] != own[first].shape[1]:
+        hint = (
+            f"the checkpoint takes {state[first].shape[1]} input channels (I2SB --cond-x1 models take [x_t, x1] "
+            f"concatenated); build the network with in_channels={state[first].shape[1]}"
+        )
+    raise ValueError(f"{source} does not fit the network: {'; '.join(problems)}. Fix: {hint}.")
+
+
+def _torch_load(path: str, map_location: Union[str, torch.device]) -> Any:
+    """torch.load(weights_only=True), memory-mapped when the file allows it: a Runner checkpoint also
+    holds the optimizer state, and mmap reads only the tensors that are actually copied into the net."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):  # legacy (non-zip) files cannot be memory-mapped
+            raise
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_i2sb_weights(
+    path: Union[str, os.PathLike],
+    net: nn.Module,
+    use_ema: bool = True,
+    map_location: Union[str, torch.device] = "cpu",
+) -> nn.Module:
+    """I2SB Runner.__init__ (opt.load) + ema.average_parameters: load a released checkpoint's (EMA) weights into ``net``.
+
+    Reads ``path`` with ``torch.load(weights_only=True)``, strips the ``diffusion_model.`` prefix,
+    maps the EMA shadow list onto parameter names, and loads strictly. Returns ``net``.
+    Raises FileNotFoundError for a missing file and ValueError, naming the problem and the fix,
+    for anything that is not such a checkpoint or does not fit ``net``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    try:
+        checkpoint = _torch_load(path, map_location)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:  # a pickle that needs Python code (a class or function) to rebuild
+            raise ValueError(
+                f"{path!r} was refused by torch.load(weights_only=True): it pickles {found.group(1)}, Python code "
+                f"rather than tensors and plain containers (e.g. I2SB's options.pkl, or a whole pickled model); "
+                f"{_EXPECTED}. Fix: pass results/<name>/latest.pt, or re-save just the weights from trusted code."
+            ) from None
+        raise ValueError(f"{path!r} is not a readable PyTorch checkpoint ({_last_line(err)}); {_EXPECTED}.") from None
+    except Exception as err:  # noqa: BLE001 - truncated zips, foreign formats, unpickler internals
+        raise ValueError(
+            f"{path!r} is not a readable PyTorch checkpoint ({type(err).__name__}: {_last_line(err)}); "
+            f"the file may be truncated or of another format; {_EXPECTED}."
+        ) from None
+    state = extract_i2sb_state_dict(checkpoint, net, use_ema=use_ema)
+    source = f"{path!r} ({'EMA' if use_ema and isinstance(checkpoint, Mapping) and 'ema' in checkpoint else 'raw'} weights)"
+    _check_compatible(state, net, source)
+    net.load_state_dict(state, strict=True)
+    return net
