@@ -1,7 +1,7 @@
 """One call from (model, images, intervention) to per-image property gradient, Algorithm 1 p-value and flips.
 
 `num_steps` defaults to the intervention's own `num_steps` (precomputed sequences) or 100. The tracked class is
-`target` if given, else the argmax on the original images (`reference="original"`) or on I_0 (`"start"`).
+`target` if given, else the argmax on the original images (`target_from="original"`) or on I_0 (`"start"`).
 `autograd=True` adds the jvp property gradient (the intervention must be differentiable in x). The model is used as
 given: put it in eval mode first. S (`gradient`) is the finite-difference property gradient per unit x.
 """
@@ -47,7 +47,7 @@ def gradual_intervention_test(
     num_permutations: int = 1000,
     delta: float = 0.01,
     generator: torch.Generator | None = None,
-    reference: Literal["original", "start"] = "original",
+    target_from: Literal["original", "start"] = "original",
     target: Tensor | None = None,
     plus_one: bool = False,
     autograd: bool = False,
@@ -57,7 +57,7 @@ def gradual_intervention_test(
     num_steps = num_steps or getattr(intervention, "num_steps", 100)
     x = intervention_grid(num_steps, device=images.device)
     if target is None:
-        target = target_class(model, images, intervention, reference)
+        target = target_class(model, images, intervention, target_from)
     probs = prediction_sequence(model, images, intervention, x, batch_size)
     curve = probs.gather(-1, target.view(-1, 1, 1).expand(-1, num_steps, 1)).squeeze(-1)
     labels = probs.argmax(-1)

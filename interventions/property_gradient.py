@@ -1,7 +1,7 @@
 """Property gradient E_x[|dF(I_x)/dx|] over N equidistant x (poster section 3), by finite differences and by jvp.
 
 F(I_x) is the softmax probability of a fixed target class. By default the target is the class predicted on the
-ORIGINAL, unintervened image (`reference="original"`); `reference="start"` uses the class predicted on I_0 instead.
+ORIGINAL, unintervened image (`target_from="original"`); `target_from="start"` uses the class predicted on I_0 instead.
 Derivatives are per unit x, so values are comparable across N.
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ def intervention_grid(num_steps: int = 100, device: torch.device | str | None = 
 
 @torch.no_grad()
 def target_class(
-    model: nn.Module, images: Tensor, intervention: Intervention, reference: Literal["original", "start"] = "original"
+    model: nn.Module, images: Tensor, intervention: Intervention, target_from: Literal["original", "start"] = "original"
 ) -> Tensor:
     """The class whose probability F tracks: argmax on the original images, or on I_0 (poster section 3, F_theta)."""
-    if reference == "original":
+    if target_from == "original":
         return model(images).argmax(-1)
-    if reference == "start":
+    if target_from == "start":
         return model(intervention(images, 0.0)).argmax(-1)
-    raise ValueError(f"reference must be 'original' or 'start', got {reference!r}")
+    raise ValueError(f"target_from must be 'original' or 'start', got {target_from!r}")
 
 
 @torch.no_grad()

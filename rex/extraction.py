@@ -54,7 +54,7 @@ def extract(
     region: Tensor | None = None,
     min_confidence: float = 0.0,
     candidates: int = 32,
-    reference: Tensor | None = None,
+    full_confidence: Tensor | None = None,
 ) -> Extraction:
     """Algorithm 3, lines 10-17: the smallest prefix of the ranking whose masked image keeps the target class
     (with at least `min_confidence` x the full image's confidence): `candidates` prefix sizes per image and
@@ -64,8 +64,8 @@ def extract(
     target = target.to(dev)
     rank = pixel_rank(maps.to(dev), region)
     limit = region.flatten(1).sum(1) if region is not None else torch.full((b,), h * w, device=dev)
-    if reference is None:
-        reference = engine.probabilities(images).gather(1, target[:, None])[:, 0]
+    if full_confidence is None:
+        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
     lo = torch.zeros(b, dtype=torch.long, device=dev)
     hi = limit + 1
     active = (limit > 0).nonzero()[:, 0]
@@ -74,7 +74,7 @@ def extract(
         img = active.repeat_interleave(sizes.shape[1])
         visible = (rank[img] < sizes.flatten()[:, None]).view(-1, h, w)
         probs = engine.masked_probabilities(images, img, visible)
-        ok = passes(probs, target[img], reference[img], min_confidence).view(len(active), -1)
+        ok = passes(probs, target[img], full_confidence[img], min_confidence).view(len(active), -1)
         big = torch.iinfo(torch.long).max
         first_pass = torch.where(ok, sizes, big).amin(1)
         hi[active] = torch.minimum(hi[active], first_pass)
@@ -108,13 +108,13 @@ def multiple_explanations(
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    reference = engine.probabilities(images).gather(1, target[:, None])[:, 0]
+    full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
     rank = pixel_rank(maps.to(dev)).view(b, h, w)
     allowed = torch.ones(b, h, w, dtype=torch.bool, device=dev)
     alive = torch.ones(b, dtype=torch.bool, device=dev)
     masks, found = [], []
     for _ in range(k):
-        ex = extract(engine, images, maps, target, allowed & alive[:, None, None], min_confidence, candidates, reference)
+        ex = extract(engine, images, maps, target, allowed & alive[:, None, None], min_confidence, candidates, full_confidence)
         ok = ex.found & alive
         masks.append(ex.mask & ok[:, None, None, None])
         found.append(ok)

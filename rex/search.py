@@ -34,10 +34,10 @@ class _Tasks:
     full_pass: Tensor
 
 
-def passes(probs: Tensor, target: Tensor, reference: Tensor, confidence_filter: float) -> Tensor:
+def passes(probs: Tensor, target: Tensor, full_confidence: Tensor, confidence_filter: float) -> Tensor:
     """Section 5.1: a mutant passes when it keeps the target class (and `confidence_filter` of its confidence)."""
     conf = probs.gather(1, target[:, None])[:, 0]
-    return (probs.argmax(1) == target) & (conf >= confidence_filter * reference)
+    return (probs.argmax(1) == target) & (conf >= confidence_filter * full_confidence)
 
 
 def _add_boxes(diff: Tensor, image: Tensor, boxes: Tensor, values: Tensor) -> None:
@@ -68,9 +68,9 @@ def responsibility_map(
     target = target.to(dev)
     blank = engine.blank(images)
     probs = engine.probabilities(torch.cat([images, blank]))
-    reference = probs[:b].gather(1, target[:, None])[:, 0]
-    full_ok = passes(probs[:b], target, reference, confidence_filter)
-    empty_ok = passes(probs[b:], target, reference, confidence_filter)
+    full_confidence = probs[:b].gather(1, target[:, None])[:, 0]
+    full_ok = passes(probs[:b], target, full_confidence, confidence_filter)
+    empty_ok = passes(probs[b:], target, full_confidence, confidence_filter)
 
     n_search = b * n_partitions
     image_of = torch.arange(n_search, device=dev) // n_partitions
@@ -96,7 +96,7 @@ def responsibility_map(
             visible = (codes >> labels[sl, None]) & 1 == 1
             img = image_of[tasks.search[sl]].repeat_interleave(n_mut)
             p = engine.masked_probabilities(images, img, visible.flatten(0, 1))
-            mutant_pass.append(passes(p, target[img], reference[img], confidence_filter).view(-1, n_mut))
+            mutant_pass.append(passes(p, target[img], full_confidence[img], confidence_filter).view(-1, n_mut))
         outcomes = subset_outcomes(torch.cat(mutant_pass), tasks.empty_pass, tasks.full_pass)
         resp = responsibility(outcomes, rule)
 

@@ -2,6 +2,8 @@
 import json
 import pickle
 
+import yaml
+
 import pytest
 import torch
 
@@ -168,3 +170,30 @@ def test_checkpoints_with_code_or_of_the_wrong_kind_are_refused(tmp_path):
         load_checkpoint(plain)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_pipeline_stages_are_separate_wandb_runs_in_one_group(tmp_path):
+    """One offline W&B run per stage, each with its own stage config, grouped by the pipeline's name."""
+    tiny = tiny_stage_args(tmp_path, "x")
+    overrides = {a.lstrip("-"): b for a, b in zip(tiny[::2], tiny[1::2]) if a.startswith(("--trainer", "--data"))}
+    model = {"model.init_args.img_size": 32, "model.init_args.backbone_kwargs": tiny[-1]}
+    pipeline = {"name": "pipe", "pipeline": [
+        {"name": "classifier", "config": "classifier_synthetic.yaml",
+         "overrides": {**overrides, **model, "trainer.callbacks": "[]"}},
+        {"name": "surrogate", "config": "surrogate_synthetic.yaml",
+         "overrides": {**overrides, "model.init_args.classifier_ckpt": "{classifier}"}},
+    ]}
+    config = tmp_path / "pipe.yaml"
+    config.write_text(yaml.safe_dump(pipeline))
+    train.main(["--config", str(config), "--run_root", str(tmp_path / "runs"), "--wandb", "true"])
+    runs = {stage: list((tmp_path / "runs" / "pipe" / stage / "wandb").glob("offline-run-*"))
+            for stage in ("classifier", "surrogate")}
+    assert all(len(found) == 1 for found in runs.values()), runs
+    assert runs["classifier"][0].name != runs["surrogate"][0].name
+    expected = {"classifier": b"models.ClassifierModule", "surrogate": b"salvage.SurrogateModule"}
+    for stage, (run,) in runs.items():
+        record = next(run.glob("run-*.wandb")).read_bytes()  # the offline run's protobuf records
+        assert b"stage_config" in record and expected[stage] in record  # its own resolved stage config
+        other = expected["surrogate" if stage == "classifier" else "classifier"]
+        assert other not in record
+        assert b"pipe" in record and stage.encode() in record  # group and job type travel in the run record
