@@ -18,6 +18,10 @@ from evaluation import ImageFiles, LoadedModels, discover, explain_images, load_
 from explainers import available, get
 
 
+#: stages that can be loaded beside --ckpt, each by a flag of its name
+STAGE_FLAGS = ("bridge",)
+
+
 def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
     """`method.key=value` strings (values parsed as YAML) to {method: {key: value}}."""
     out: dict[str, dict[str, Any]] = {}
@@ -38,7 +42,9 @@ def check_methods(methods: list[str], loaded: LoadedModels, options: dict[str, d
         spec = get(m)
         missing = [s for s in spec.needs if s not in loaded.models]
         if missing:
-            raise SystemExit(f"error: method {m!r} needs a {missing[0]} checkpoint, but --ckpt is {loaded.describe()}")
+            hint = f"; give one with --{missing[0]} PATH" if missing[0] in STAGE_FLAGS else ""
+            raise SystemExit(f"error: method {m!r} needs a {missing[0]} checkpoint, but --ckpt is {loaded.describe()}"
+                             + hint)
         try:
             spec.check_access(loaded.classifier)
             spec.check_options(options.get(m, {}))
@@ -64,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a data init_arg, e.g. --data-arg n_test=64")
     p.add_argument("--target", default=None, help="class index or name to explain (default: the predicted class)")
     p.add_argument("--property", default=None, help="the `property` option of the methods that take one (intervention)")
+    p.add_argument("--region", default=None,
+                   help="the `region` option of the methods that take one (rcsb): auto:METHOD, truth or mask.png")
+    p.add_argument("--bridge", default=None, help="a bridge checkpoint, for the methods that need one (rcsb)")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method option, e.g. --option rex.n_partitions=10 --option rise.n_masks=2000")
     p.add_argument("--out", default="explanations", help="output folder")
@@ -94,11 +103,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     options = parse_options(args.option)
-    if args.property is not None:
+    for name in ("property", "region"):
         for m in methods:
-            if m in available() and "property" in get(m).options:
-                options.setdefault(m, {})["property"] = args.property
-    loaded = load_models(args.ckpt, args.img_size, args.grid)
+            if getattr(args, name) is not None and m in available() and name in get(m).options:
+                options.setdefault(m, {})[name] = getattr(args, name)
+    extra = {stage: getattr(args, stage) for stage in STAGE_FLAGS if getattr(args, stage)}
+    loaded = load_models(args.ckpt, args.img_size, args.grid, extra)
     check_methods(methods, loaded, options)
     if args.images:
         items, dataset, class_names = ImageFiles(args.images, loaded.img_size), None, None

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from evaluation.discovery import discover
 from models.queries import BlackBoxModel
-from models.stages import load_stage
+from models.stages import available_stages, load_stage
 
 
 @dataclass
@@ -63,7 +63,13 @@ def load_models(path: str | Path, img_size: int | None = None, grid: int = 8,
         module = _stage(path)
         hp = module.hparams
         size = hp.get("img_size") or (hp.get("backbone_spec") or {}).get("img_size") or img_size or 224
-        loaded = LoadedModels(_provides(module, path), module.stage, int(size), [module])
+        provided = _provides(module, path)
+        if "classifier" not in provided:
+            holders = [s for s in available_stages() if s not in (extra or {}) and s != module.stage]
+            raise SystemExit(f"error: {str(path)!r} is a {module.stage} checkpoint, which holds no classifier to explain; "
+                             f"give a {' / '.join(holders)} checkpoint as --ckpt"
+                             + (f" and this one as --{module.stage} PATH" if module.stage else ""))
+        loaded = LoadedModels(provided, module.stage, int(size), [module])
     for stage, extra_path in (extra or {}).items():
         module = _stage(Path(extra_path), stage)
         loaded.models.update({k: v for k, v in _provides(module, extra_path).items() if k != "classifier"})

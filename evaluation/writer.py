@@ -47,7 +47,7 @@ class ExplanationWriter(BasePredictionWriter):
                 title = (f"{method}: predicted {rec['predicted_name']} (p = {rec['confidence']:.2f})"
                          + ("" if t == p else f", target {self._name(t)}"))
                 flags = {k: bool(v[i]) for k, v in e.scores.items() if v.dtype == torch.bool}
-                if e.curve is not None:
+                if e.curve is not None or e.counterfactual is not None:
                     title = f"{method}: " + ", ".join(f"{k} = {float(v[i]):.3g}" for k, v in metrics.items()) + \
                             f" ({rec['predicted_name']})"
                 shown = e if extracted is None else replace(e, explanation=extracted)

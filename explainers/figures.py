@@ -88,10 +88,39 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def counterfactual_figure(image: Tensor, counterfactual: Tensor, region: Tensor | None, title: str) -> Figure:
+    """Panels: the original (3, H, W), the region (1, H, W) outlined on it, the counterfactual, and |difference|."""
+    img = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    cf = counterfactual.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    fig = Figure(figsize=(2.6 * 4, 3.0))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
+    axes[0].imshow(img)
+    axes[0].set_title("original", fontsize=8)
+    axes[1].imshow(img)
+    if region is not None:
+        keep = region.detach().reshape(img.shape[:2]).cpu().numpy().astype(bool)
+        axes[1].contour(keep, levels=[0.5], colors="yellow", linewidths=0.8)
+        axes[1].set_title(f"region ({100 * keep.mean():.1f}% of image)", fontsize=8)
+    axes[2].imshow(cf)
+    axes[2].set_title("counterfactual", fontsize=8)
+    diff = np.abs(cf - img).sum(-1)
+    axes[3].imshow(diff, cmap="magma", vmin=0, vmax=max(float(diff.max()), 1e-6))
+    axes[3].set_title("|difference|", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def explanation_figure(image: Tensor, explanation: Explanation, i: int, title: str, method: str) -> Figure:
-    """The picture of image `i` of an Explanation: the map (and extracted explanation) over the image, and/or the
-    prediction curve along an intervention with its frames under it."""
+    """The picture of image `i` of an Explanation: the counterfactual with its region and difference, the prediction
+    curve along an intervention with its frames under it, or the map (and extracted explanation) over the image."""
     e = explanation
+    if e.counterfactual is not None:
+        return counterfactual_figure(image, e.counterfactual[i], None if e.region is None else e.region[i], title)
     if e.curve is not None:
         frames = None if e.frames is None else e.frames[i]
         strip_x = None if frames is None else torch.linspace(0, 1, frames.shape[0])

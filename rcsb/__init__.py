@@ -1,9 +1,14 @@
-"""RCSB: Region-Constrained Counterfactual Schroedinger Bridges (pure parts).
+"""RCSB: Region-Constrained Counterfactual Schroedinger Bridges.
 
 * :mod:`rcsb.bridge`: I2SB bridge maths (schedule, marginal, posterior, x0 parametrisation,
   inpainting prior, step spacing, a generic sampling loop with a per-step hook).
 * :mod:`rcsb.network`: the ADM U-Net with guided-diffusion state-dict names.
 * :mod:`rcsb.checkpoints`: loading NVlabs' released I2SB checkpoints.
+* :mod:`rcsb.guidance`: the RCSB sampler (classifier guidance with Tweedie, ADAM stabilisation, adaptive
+  normalisation, trajectory truncation; the image kept exactly outside the region).
+* :mod:`rcsb.regions`: regions from attribution maps (top c x c cells), mask files, and the training masks.
+* :mod:`rcsb.stage`: the "bridge" stage (I2SB inpainting training with EMA weights).
+* :mod:`rcsb.method`: the "rcsb" explanation method (needs a bridge checkpoint).
 """
 from rcsb.bridge import (
     BridgeSchedule,
@@ -18,25 +23,56 @@ from rcsb.bridge import (
     training_target,
 )
 from rcsb.checkpoints import extract_i2sb_state_dict, load_i2sb_weights
+from rcsb.method import make_region, rcsb_explain
+from rcsb.stage import PRESETS, BridgeModule, build_network
+from rcsb.guidance import AdamStabilizer, adaptive_normalise, from_bridge, rcsb_sample, to_bridge
 from rcsb.network import ADM256_CONFIG, TINY_CONFIG, ADMUNet, adm256, adm_tiny, timestep_embedding
+from rcsb.regions import (
+    MASK_FAMILIES,
+    box_mask,
+    cell_region,
+    default_cell_size,
+    freeform_mask,
+    mask_file_region,
+    random_cell_mask,
+    training_masks,
+)
 
 __all__ = [
     "ADM256_CONFIG",
     "ADMUNet",
+    "AdamStabilizer",
+    "BridgeModule",
     "BridgeSchedule",
+    "MASK_FAMILIES",
+    "PRESETS",
     "TINY_CONFIG",
+    "adaptive_normalise",
     "adm256",
     "adm_tiny",
+    "box_mask",
     "bridge_sample",
+    "build_network",
+    "cell_region",
+    "default_cell_size",
     "extract_i2sb_state_dict",
+    "freeform_mask",
+    "from_bridge",
     "inpainting_loss",
     "inpainting_x1",
     "load_i2sb_weights",
     "make_betas",
+    "make_region",
+    "mask_file_region",
     "p_posterior",
     "predict_x0",
     "q_sample",
+    "random_cell_mask",
+    "rcsb_explain",
+    "rcsb_sample",
     "sample_steps",
     "timestep_embedding",
+    "to_bridge",
+    "training_masks",
     "training_target",
 ]

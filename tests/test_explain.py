@@ -207,3 +207,32 @@ def test_a_toy_method_registered_here_runs_end_to_end(ckpt, tmp_path):
     assert (out / toy[0]["files"]["overlay"]).stat().st_size > 1000
     rows = [line.split("|")[1].strip() for line in (out / "comparison.md").read_text().splitlines()[2:]]
     assert rows == ["random", "toy_brightness"]
+
+
+def test_explain_rcsb_with_a_bridge_checkpoint(ckpt, tmp_path):
+    """`--method rcsb --target B --region truth --bridge PATH`: one four-panel PNG, the counterfactual in the npz, and a
+    record with the target probability, flip and the change outside the region (0)."""
+    from rcsb import BridgeModule
+
+    torch.manual_seed(0)
+    bridge = BridgeModule(network={"preset": "tiny", "model_channels": 32, "channel_mult": [1, 2]}, image_size=32)
+    state = {"state_dict": bridge.state_dict(), "hyper_parameters": dict(bridge.hparams)}
+    bridge.on_save_checkpoint(state)
+    torch.save(state, tmp_path / "bridge.ckpt")
+    base = ["--ckpt", ckpt, *DATA[:2], "--limit", "2", *DATA[4:], "--out", str(tmp_path / "out"), "--method", "rcsb"]
+    with pytest.raises(SystemExit, match="needs a bridge checkpoint, but --ckpt is a classifier checkpoint; give one "
+                                         "with --bridge PATH"):
+        explain.main(base)
+    with pytest.raises(SystemExit, match="is a classifier checkpoint, but a bridge checkpoint is needed"):
+        explain.main([*base, "--bridge", ckpt])
+    with pytest.raises(SystemExit, match="is a bridge checkpoint, which holds no classifier.* as --bridge PATH"):
+        explain.main(["--ckpt", str(tmp_path / "bridge.ckpt"), *base[2:]])
+    records = explain.main([*base, "--bridge", str(tmp_path / "bridge.ckpt"), "--target", "1", "--region", "truth",
+                            "--option", "rcsb.nfe=2", "--option", "rcsb.start=200"])
+    assert len(records) == 2
+    for rec in records:
+        assert rec["target"] == 1 and rec["metrics"]["change_outside"] == 0.0 and "flipped" in rec
+        assert 0 <= rec["metrics"]["target_probability"] <= 1
+        arrays = np.load(tmp_path / "out" / rec["files"]["npz"])
+        assert arrays["counterfactual"].shape == (3, 32, 32) and arrays["region"].dtype == bool
+        assert (tmp_path / "out" / rec["files"]["overlay"]).stat().st_size > 1000

@@ -1,0 +1,245 @@
+"""Regions for RCSB: where a counterfactual may change the image, as pixel masks (B, 1, H, W) bool.
+
+* :func:`cell_region`: RCSB's automated region extraction: |attribution| summed in c x c cells, the top cells kept
+  until they cover a fraction ``area`` of the image (never less than one cell).
+* :func:`mask_file_region`: a user-drawn mask file (nonzero pixels = region).
+* :func:`training_masks`: the inpainting masks the bridge trains on: free-form strokes over 10-20 % and 20-30 % of
+  the image, a centre box, and attribution-shaped cell regions (top cells of a random smooth map, area 0.05-0.3).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "MASK_FAMILIES",
+    "box_mask",
+    "cell_region",
+    "default_cell_size",
+    "freeform_mask",
+    "mask_file_region",
+    "random_cell_mask",
+    "training_masks",
+]
+
+Size = Union[int, Sequence[int]]
+
+#: The training mask families, drawn uniformly per image by :func:`training_masks`.
+MASK_FAMILIES = ("freeform1020", "freeform2030", "center", "cells")
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        h = w = int(size)
+    else:
+        try:
+            h, w = (int(s) for s in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"size must be an int or (height, width), got {size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {(h, w)}")
+    return h, w
+
+
+def default_cell_size(size: Size) -> int:
+    """RCSB's cell size c = image size / 16 (16 px cells at 256 px, 4 px at 64 px), at least 1; when that does not
+    divide the image into whole cells, the largest smaller side that does."""
+    h, w = _hw(size)
+    c = max(1, min(h, w) // 16)
+    while h % c or w % c:
+        c -= 1
+    return c
+
+
+def cell_region(maps: Tensor, image_size: Size, cells: Optional[int] = None, area: float = 0.3) -> Tensor:
+    """RCSB automated region: the top c x c cells of |maps| covering a fraction ``area`` of the image.
+
+    Args:
+        maps: (B, h, w) attribution maps of one class (pixel or patch-grid resolution; (B, 1, h, w) is accepted).
+            Their absolute values count; maps not at the image size are upsampled (nearest) first.
+        image_size: H (square) or (H, W) of the images.
+        cells: the cell side c in pixels; default image_size / 16 (:func:`default_cell_size`). H and W must be
+            multiples of c.
+        area: the fraction a of the image the region covers: the k = ceil(a * n_cells) highest cells are kept
+            (the fewest cells reaching a), at least one.
+
+    Returns:
+        (B, 1, H, W) bool pixel masks. Ties between equal cells go to the earlier cell in row-major order.
+    """
+    h, w = _hw(image_size)
+    if maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (B, h, w) (one class), got shape {tuple(maps.shape)}")
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("the attribution maps hold NaN or infinite values; no region can be extracted from them")
+    if not 0.0 < float(area) <= 1.0:
+        raise ValueError(f"area must be a fraction in (0, 1], got {area}")
+    c = default_cell_size((h, w)) if cells is None else cells
+    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+        raise ValueError(f"cells (the cell side in pixels) must be a positive int, got {cells!r}")
+    c = int(c)
+    if h % c or w % c:
+        raise ValueError(f"cells={c} does not divide the {h}x{w} image into whole cells; use a divisor of {h} and {w}")
+    a = maps.detach().float().abs()
+    if tuple(a.shape[-2:]) != (h, w):
+        a = F.interpolate(a[:, None], size=(h, w), mode="nearest")[:, 0]
+    gh, gw = h // c, w // c
+    scores = a.reshape(a.shape[0], gh, c, gw, c).sum((2, 4)).flatten(1)  # (B, n_cells)
+    n = gh * gw
+    k = min(n, max(1, math.ceil(float(area) * n - 1e-9)))  # 1e-9: 0.3 * 10 is 3.0000000000000004
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True).view(-1, 1, gh, gw)
+    return keep.repeat_interleave(c, dim=2).repeat_interleave(c, dim=3)
+
+
+def mask_file_region(path: Union[str, os.PathLike], size: Size) -> Tensor:
+    """A region drawn by the user: an image file (PNG) whose nonzero pixels are the region, as (1, 1, H, W) bool.
+
+    Colour files count a pixel when any colour channel is nonzero (alpha is ignored). Raises FileNotFoundError for
+    a missing file and ValueError for an unreadable file, a size other than the images' or an empty region.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    h, w = _hw(size)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"region mask file not found: {path!r}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("1", "L", "I", "I;16", "F"):
+                arr = np.asarray(img) != 0
+            else:
+                arr = (np.asarray(img.convert("RGB")) != 0).any(-1)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read region mask file {path!r}: {err}") from None
+    if arr.shape != (h, w):
+        raise ValueError(
+            f"region mask file {path!r} is {arr.shape[1]}x{arr.shape[0]} (width x height) but the images are "
+            f"{w}x{h}; draw the mask at the image size"
+        )
+    if not arr.any():
+        raise ValueError(f"region mask file {path!r} marks no pixel (all zero); nonzero pixels are the region to change")
+    return torch.from_numpy(arr.copy()).view(1, 1, h, w)
+
+
+# --------------------------------------------------------------------------- training masks
+
+
+def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator, device=generator.device))
+
+
+def box_mask(size: Size, fraction: float = 0.5) -> Tensor:
+    """A centred box whose sides are ``fraction`` of the image's (I2SB's "center" mask: 128 x 128 at 256 px), (H, W) bool."""
+    h, w = _hw(size)
+    bh, bw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top, left = (h - bh) // 2, (w - bw) // 2
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[top:top + bh, left:left + bw] = True
+    return mask
+
+
+def _stroke(h: int, w: int, generator: torch.Generator, shrink: float) -> Tensor:
+    """One brush stroke: a polyline of 1-5 segments with a round brush, (H, W) bool."""
+    side = min(h, w)
+    n_seg = 1 + int(torch.randint(5, (), generator=generator, device=generator.device))
+    width = max(1.0, _uniform(generator, 0.04, 0.12) * side * shrink)
+    points = [(_uniform(generator, 0, h), _uniform(generator, 0, w))]
+    angle = _uniform(generator, 0, 2 * math.pi)
+    for _ in range(n_seg):
+        angle += _uniform(generator, -math.pi / 2, math.pi / 2)
+        length = max(1.0, _uniform(generator, 0.1, 0.35) * side * shrink)
+        y, x = points[-1]
+        y = min(max(y + length * math.sin(angle), 0.0), h - 1.0)
+        x = min(max(x + length * math.cos(angle), 0.0), w - 1.0)
+        points.append((y, x))
+    p = torch.tensor(points, dtype=torch.float32)
+    p0, d = p[:-1, :, None, None], (p[1:] - p[:-1])[:, :, None, None]  # (S, 2, 1, 1)
+    centres = (torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5)
+    yy, xx = torch.meshgrid(*centres, indexing="ij")
+    grid = torch.stack([yy, xx])[None]  # (1, 2, H, W)
+    t = (((grid - p0) * d).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True).clamp_min(1e-12)).clamp(0, 1)
+    dist = (grid - p0 - t * d).norm(dim=1)  # (S, H, W): distance to each segment
+    return (dist <= width / 2).any(0)
+
+
+def freeform_mask(size: Size, low: float, high: float, generator: torch.Generator, max_strokes: int = 400) -> Tensor:
+    """Free-form brush strokes covering a fraction of the image drawn uniformly in [low, high], (H, W) bool.
+
+    Strokes are added until the drawn coverage is reached; a stroke that would overshoot ``high`` is redrawn
+    smaller, so the coverage lands in [low, high] whenever [low, high] spans at least a pixel.
+    """
+    h, w = _hw(size)
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
+    n = h * w
+    goal = _uniform(generator, low, high)
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    covered, shrink = 0, 1.0
+    for _ in range(max_strokes):
+        if covered >= goal * n:
+            break
+        new = mask | _stroke(h, w, generator, shrink)
+        count = int(new.sum())
+        if count > high * n:
+            shrink *= 0.7
+            continue
+        mask, covered = new, count
+    return mask
+
+
+def random_cell_mask(size: Size, generator: torch.Generator, area: Optional[float] = None,
+                     cells: Optional[int] = None) -> Tensor:
+    """An attribution-shaped region: :func:`cell_region` of a random smooth map (bilinear upsampling of 2x2 to 6x6
+    noise), area drawn in [0.05, 0.3] unless given, (H, W) bool."""
+    h, w = _hw(size)
+    g = 2 + int(torch.randint(5, (), generator=generator, device=generator.device))
+    noise = torch.rand((1, 1, g, g), generator=generator, device=generator.device).cpu()
+    smooth = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    area = _uniform(generator, 0.05, 0.3) if area is None else area
+    return cell_region(smooth, (h, w), cells, area)[0, 0]
+
+
+def training_masks(batch: Union[int, Tensor, Mapping[str, Any]], size: Size, generator: torch.Generator,
+                   families: Sequence[str] = MASK_FAMILIES, device: Union[str, torch.device, None] = None) -> Tensor:
+    """Inpainting masks for bridge training, one family per image drawn uniformly from ``families``: (B, 1, H, W) bool.
+
+    ``batch`` is the batch size (or images (B, ...), or a batch dict with "image"). Families: "freeform1020" and
+    "freeform2030" (free-form strokes over 10-20 % / 20-30 % of the image), "center" (a centred box of half the
+    image's sides, 25 %), "cells" (the top cells of a random smooth map, area 0.05-0.3, c = size / 16).
+    Deterministic given the generator's state (a CPU generator is cheapest); the masks are built on the CPU and
+    moved to ``device``.
+    """
+    if isinstance(batch, Mapping):
+        batch = batch["image"]
+    b = int(batch.shape[0]) if isinstance(batch, Tensor) else int(batch)
+    if b < 0:
+        raise ValueError(f"batch size must be >= 0, got {b}")
+    unknown = [f for f in families if f not in MASK_FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"unknown mask families {unknown or list(families)}; choose from {', '.join(MASK_FAMILIES)}")
+    h, w = _hw(size)
+    picks = torch.randint(len(families), (b,), generator=generator, device=generator.device).tolist()
+    out = []
+    for k in picks:
+        family = families[k]
+        if family == "freeform1020":
+            m = freeform_mask((h, w), 0.1, 0.2, generator)
+        elif family == "freeform2030":
+            m = freeform_mask((h, w), 0.2, 0.3, generator)
+        elif family == "center":
+            m = box_mask((h, w))
+        else:
+            m = random_cell_mask((h, w), generator)
+        out.append(m)
+    masks = torch.stack(out)[:, None] if out else torch.zeros(0, 1, h, w, dtype=torch.bool)
+    return masks.to(device) if device is not None else masks

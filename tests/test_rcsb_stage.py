@@ -1,0 +1,208 @@
+"""RCSB bridge stage (rcsb.stage) and the "rcsb" method (rcsb.method): training lowers the loss, EMA checkpoints
+round-trip through load_stage, wrong-stage and wrong-target errors, and the method's region and scores."""
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+import explainers.baselines  # noqa: F401  (registers "occlusion", used by region="auto:occlusion")
+from datamodules.synthetic import SyntheticScenes
+from explainers.protocol import get
+from models.stages import load_checkpoint, load_stage
+from rcsb import BridgeModule, rcsb_explain, training_masks
+
+SIZE = 16
+STEPS = 20
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _eval_loss(module: BridgeModule, images: torch.Tensor) -> float:
+    """The raw network's inpainting loss on fixed masks, steps and noise."""
+    g = torch.Generator().manual_seed(123)
+    masks = training_masks(images.shape[0], SIZE, g)
+    steps = torch.linspace(50, 950, images.shape[0]).long()
+    with torch.no_grad():
+        return float(module.loss(images, masks, steps, generator=g))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny bridge trained for 20 steps on 16 px synthetic scenes (a few seconds), and its checkpoint."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    L.seed_everything(0, verbose=False)
+    scenes = SyntheticScenes("train", 80, img_size=SIZE, progress=False)
+    loader = DataLoader(scenes, batch_size=4, shuffle=True)
+    val = DataLoader(SyntheticScenes("val", 16, img_size=SIZE, progress=False), batch_size=16)
+    module = BridgeModule(network="tiny", image_size=SIZE, lr=2e-3, val_samples=2, nfe=3)
+    images = next(iter(val))["image"]
+    loss_before = _eval_loss(module, images)
+    trainer = L.Trainer(
+        max_steps=STEPS, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=10,
+        gradient_clip_val=1.0,
+    )
+    trainer.fit(module, loader, val)
+    path = tmp_path_factory.mktemp("bridge") / "bridge.ckpt"
+    trainer.save_checkpoint(path)
+    torch.set_num_threads(before)
+    return {"module": module, "trainer": trainer, "path": path, "images": images, "loss_before": loss_before,
+            "loss_after": _eval_loss(module, images), "val": val}
+
+
+def test_a_few_training_steps_lower_the_loss(trained):
+    assert trained["loss_after"] < 0.7 * trained["loss_before"], (trained["loss_before"], trained["loss_after"])
+    metrics = trained["trainer"].callback_metrics
+    assert "val/loss" in metrics and torch.isfinite(metrics["val/loss"])
+    assert int(trained["module"].ema_updates) == STEPS
+
+
+def test_ema_weights_move_slowly_towards_the_trained_ones(trained):
+    module = trained["module"]
+    fresh = BridgeModule(network="tiny", image_size=SIZE)
+    name = "out.2.weight"  # zero at initialisation
+    net, ema = dict(module.net.named_parameters())[name], dict(module.ema.named_parameters())[name]
+    assert not torch.equal(ema, net) and not torch.equal(ema, dict(fresh.ema.named_parameters())[name])
+    assert all(not p.requires_grad for p in module.ema.parameters())
+    assert module.denoiser() is module.ema and not module.ema.training
+
+
+def test_checkpoint_reloads_with_identical_ema_weights(trained):
+    module = trained["module"]
+    loaded = load_stage(trained["path"], expect="bridge")
+    assert isinstance(loaded, BridgeModule) and loaded.stage == "bridge"
+    assert loaded.provides() == {"bridge": loaded}
+    own, back = module.ema.state_dict(), loaded.denoiser().state_dict()
+    assert own.keys() == back.keys() and all(torch.equal(own[k], back[k]) for k in own)
+    assert all(torch.equal(a, b) for a, b in zip(module.net.parameters(), loaded.net.parameters()))
+    assert int(loaded.ema_updates) == STEPS
+
+
+def test_bridge_checkpoint_where_a_classifier_is_expected_is_refused(trained):
+    with pytest.raises(ValueError, match="is a bridge checkpoint, but a classifier checkpoint is needed here"):
+        load_checkpoint(trained["path"], expect="classifier")
+
+
+def test_non_finite_loss_stops_with_advice():
+    module = BridgeModule(network="tiny", image_size=SIZE)
+    with pytest.raises(FloatingPointError, match="Lower the learning rate"):
+        module.check_finite(torch.tensor(float("nan")))
+
+
+def test_bad_stage_arguments():
+    with pytest.raises(ValueError, match="preset"):
+        BridgeModule(network="huge", image_size=SIZE)
+    with pytest.raises(ValueError, match="divisible"):
+        BridgeModule(network="tiny", image_size=18)
+    with pytest.raises(ValueError, match="mask families"):
+        BridgeModule(network="tiny", image_size=SIZE, mask_families=("blobs",))
+
+
+def test_validation_samples_go_to_wandb_only(trained):
+    module, trainer, images = trained["module"], trained["trainer"], trained["images"]
+    calls = []
+    fake = WandbLogger.__new__(WandbLogger)  # isinstance passes; nothing is sent anywhere
+    fake.log_image = lambda key, images, **kw: calls.append((key, images, kw))
+    saved = trainer.loggers
+    try:
+        module._log_samples(images)  # logger=False: nothing logged
+        assert calls == []
+        trainer.loggers = [fake]
+        module._log_samples(images)
+    finally:
+        trainer.loggers = saved
+    (key, logged, kw), = calls
+    assert key == "val/inpainting" and len(logged) == 2 and logged[0].shape == (SIZE, 3 * SIZE, 3)
+    assert len(kw["caption"]) == 2
+
+
+def test_plain_inpainting_keeps_the_known_pixels(trained):
+    module, images = trained["module"], trained["images"][:4]
+    masks = training_masks(4, SIZE, torch.Generator().manual_seed(0))
+    x1, out = module.inpaint(images, masks, nfe=3, generator=torch.Generator().manual_seed(0))
+    known = ~masks.expand_as(images)
+    torch.testing.assert_close(out[known], images[known])
+    torch.testing.assert_close(x1[known], images[known])
+
+
+# --------------------------------------------------------------------------- the "rcsb" method
+
+
+def _classifier(num_classes: int = 6) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(trained):
+    return next(iter(DataLoader(SyntheticScenes("test", 2, img_size=SIZE, progress=False), batch_size=2)))
+
+
+def _run(trained, batch, target=1, **options):
+    models = {"classifier": _classifier(), "bridge": trained["module"].eval()}
+    options = {"nfe": 2, "start": 200, **options}
+    return get("rcsb")(models, batch["image"], target, batch=batch, **options)
+
+
+def test_rcsb_method_truth_region_and_scores(trained, batch):
+    out = _run(trained, batch, region="truth")
+    images, region = batch["image"], batch["mask"]
+    assert torch.equal(out.region, region) and out.counterfactual.shape == images.shape
+    outside = ~region.expand_as(images)
+    assert torch.equal(out.counterfactual[outside], images[outside])
+    assert set(out.scores) == {"target_probability", "original_probability", "flipped", "l1_inside", "l2_inside",
+                               "change_outside"}
+    assert all(v.shape == (2,) for v in out.scores.values())
+    assert out.scores["flipped"].dtype == torch.bool and torch.equal(out.target, torch.tensor([1, 1]))
+    assert torch.equal(out.scores["change_outside"], torch.zeros(2))
+    assert bool((out.scores["l1_inside"] > 0).all()) and bool((out.scores["l2_inside"] >= out.scores["l1_inside"]).all())
+    assert out.model_calls > 0 and out.seconds > 0
+
+
+def test_rcsb_method_auto_region_from_an_attribution_method(trained, batch):
+    out = _run(trained, batch, region="auto:occlusion", area=0.25)
+    assert out.region.shape == (2, 1, SIZE, SIZE)
+    assert torch.equal(out.region.float().mean((1, 2, 3)), torch.full((2,), 0.25))  # 4 of 16 cells of 4 x 4 px
+    assert torch.equal(out.scores["change_outside"], torch.zeros(2))
+
+
+def test_rcsb_method_mask_file_region(trained, batch, tmp_path):
+    arr = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    arr[2:8, 4:12] = 1
+    Image.fromarray(arr).save(tmp_path / "region.png")
+    out = _run(trained, batch, region=str(tmp_path / "region.png"))
+    assert int(out.region[0].sum()) == 48 and torch.equal(out.region[0], out.region[1])
+    Image.fromarray(np.ones((8, 8), dtype=np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="8x8 .* images are 16x16"):
+        _run(trained, batch, region=str(tmp_path / "small.png"))
+
+
+def test_rcsb_method_refuses_a_target_out_of_range_and_bad_regions(trained, batch):
+    with pytest.raises(ValueError, match="target class 6 is out of range: the classifier has 6 classes"):
+        _run(trained, batch, target=6)
+    with pytest.raises(ValueError, match="out of range"):
+        _run(trained, batch, target=-1)
+    with pytest.raises(ValueError, match="neither"):
+        _run(trained, batch, region="nowhere.png")
+    with pytest.raises(ValueError, match="ground-truth"):
+        get("rcsb")({"classifier": _classifier(), "bridge": trained["module"]}, batch["image"], 1, region="truth",
+                    nfe=2, start=200)
+    with pytest.raises(ValueError, match="trained on 16x16"):
+        _run(trained, {"image": torch.rand(1, 3, 32, 32)}, region="auto:occlusion")
+    with pytest.raises(ValueError, match="needs a classifier and a bridge|needs a bridge"):
+        get("rcsb")({"classifier": _classifier()}, batch["image"], 1)
+    assert get("rcsb").fn is rcsb_explain.fn and get("rcsb").access == "white"
