@@ -3,6 +3,7 @@ along an intervention, and `explanation_figure`, which draws whatever an `Explan
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,16 @@ from torch import Tensor
 
 from explainers.maps import to_pixel_map
 from explainers.protocol import Explanation
+
+
+def _finish(fig: Figure, axes: Any, title: str) -> Figure:
+    """Image panels without ticks, the title above them."""
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def overlay_figure(image: Tensor, pixel_map: Tensor, title: str, explanation: Tensor | None = None,
@@ -35,12 +46,7 @@ def overlay_figure(image: Tensor, pixel_map: Tensor, title: str, explanation: Te
         axes[2].imshow(np.where(keep[..., None], img, 0.15 * img))
         axes[2].contour(keep, levels=[0.5], colors="yellow", linewidths=0.8)
         axes[2].set_title(f"explanation ({100 * keep.mean():.1f}% of image)", fontsize=8)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, title)
 
 
 def plot_prediction_curve(
@@ -107,12 +113,7 @@ def counterfactual_figure(image: Tensor, counterfactual: Tensor, region: Tensor 
     diff = np.abs(cf - img).sum(-1)
     axes[3].imshow(diff, cmap="magma", vmin=0, vmax=max(float(diff.max()), 1e-6))
     axes[3].set_title("|difference|", fontsize=8)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, title)
 
 
 def explanation_figure(image: Tensor, explanation: Explanation, i: int, title: str, method: str) -> Figure:

@@ -44,16 +44,6 @@ class MaskableModule(StageModule):
         g.manual_seed(self.eval_seed * 1_000_003 + batch_idx * 101 + salt)
         return g
 
-    def check_finite(self, loss: Tensor) -> Tensor:
-        """Stop with a clear message as soon as the loss is NaN or infinite."""
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}. Lower the learning rate "
-                "(--model.lr), keep gradient clipping on (--trainer.gradient_clip_val 1.0), and use 32-true or "
-                "bf16-mixed precision (16-mixed gives NaN losses on ViTs)."
-            )
-        return loss
-
     def masked_accuracy_step(self, model: nn.Module, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Update accuracy on full images and with 25/50/75% of patches masked: each image's mask is drawn from its
         dataset index (`batch["index"]`), so results do not depend on batching or the number of devices."""

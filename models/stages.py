@@ -61,6 +61,16 @@ class StageModule(L.LightningModule):
         """Models this checkpoint offers to explanation methods, by stage name ("classifier" answers queries)."""
         return {self.stage: self}
 
+    def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Stop with a clear message as soon as the training loss is NaN or infinite."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) of the {self.stage} stage at global step {self.global_step}. "
+                "Lower the learning rate (--model.init_args.lr), keep gradient clipping on (--trainer.gradient_clip_val 1.0), "
+                "and use 32-true or bf16-mixed precision (16-mixed gives NaN losses on ViTs)."
+            )
+        return loss
+
 
 def load_checkpoint(path: str | os.PathLike, expect: str | tuple[str, ...] | None = None) -> dict[str, Any]:
     """The checkpoint dict at `path`, loaded without unpickling code; `expect` names the stage(s) accepted."""

@@ -168,16 +168,6 @@ class BridgeModule(StageModule):
         label = training_target(self.schedule_on(x0.device), steps, x0, x_t)
         return inpainting_loss(self(x_t, steps, ema=ema), label, masks)
 
-    def check_finite(self, loss: Tensor) -> Tensor:
-        """Stop with a clear message as soon as the loss is NaN or infinite."""
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite bridge training loss ({loss.item()}) at global step {self.global_step}. Lower the learning "
-                "rate (--model.init_args.lr), keep gradient clipping on (--trainer.gradient_clip_val 1.0), and train "
-                "in 32-true or bf16-mixed precision (not 16-mixed)."
-            )
-        return loss
-
     # ------------------------------------------------------------------ training
 
     def _masks(self, images: Tensor, generator: torch.Generator) -> Tensor:

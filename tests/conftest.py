@@ -46,3 +46,12 @@ def tiny_stage_args(tmp_path: Path, name: str, config: str = "classifier_synthet
         args += ["--model.init_args.img_size", "32", "--model.init_args.backbone_kwargs",
                  '{"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "reg_tokens": 4, "no_embed_class": true}']
     return args + list(extra)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: far faster for tiny tensors on a shared machine; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

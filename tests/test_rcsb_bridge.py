@@ -19,13 +19,7 @@ from rcsb import (
 T = 1000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: far faster for these tiny tensors on a shared machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,7 @@ from rcsb import ADM256_CONFIG, ADMUNet, adm256, adm_tiny, extract_i2sb_state_di
 from rcsb.network import AttentionBlock
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: far faster for these tiny tensors on a shared machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Key names and shapes of guided-diffusion's UNetModel (openai/guided-diffusion guided_diffusion/unet.py,
 # commit 18ff408) for the tiny config: widths 32/64/64, one res block, attention at downsample factor 4,

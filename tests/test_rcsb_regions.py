@@ -9,12 +9,7 @@ from PIL import Image
 from rcsb import box_mask, cell_region, default_cell_size, freeform_mask, mask_file_region, training_masks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ranked_map(size: int = 64, c: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

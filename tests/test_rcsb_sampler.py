@@ -8,13 +8,7 @@ from rcsb import AdamStabilizer, BridgeSchedule, adaptive_normalise, adm_tiny, r
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: far faster for these tiny tensors on a shared machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_classifier(num_classes: int = 4) -> nn.Module:

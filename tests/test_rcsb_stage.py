@@ -19,12 +19,7 @@ SIZE = 16
 STEPS = 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _eval_loss(module: BridgeModule, images: torch.Tensor) -> float:
