@@ -45,13 +45,14 @@ def check_methods(methods: list[str], loaded: LoadedModels, options: dict[str, d
             hint = f"; give one with --{missing[0]} PATH" if missing[0] in STAGE_FLAGS else ""
             raise SystemExit(f"error: method {m!r} needs a {missing[0]} checkpoint, but --ckpt is {loaded.describe()}"
                              + hint)
+        shortcut = [k for k in spec.required if k in ("property", "region") and k not in options.get(m, {})]
+        if shortcut:
+            raise SystemExit(f"error: --method {m} needs --{shortcut[0]} NAME; see --help")
         try:
             spec.check_access(loaded.classifier)
             spec.check_options(options.get(m, {}))
         except ValueError as err:
             raise SystemExit(f"error: {err}") from err
-        if "property" in spec.options and options.get(m, {}).get("property") is None:
-            raise SystemExit(f"error: --method {m} needs --property NAME; see --help")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--train", action="store_true", help="train the synthetic stages first (reused when done)")
     p.add_argument("--data", default="classifier_synthetic")
     p.add_argument("--limit", type=int, default=200)
-    p.add_argument("--methods", default=None, help="comma-separated subset (default: every registered method)")
+    p.add_argument("--methods", default=None, help="comma-separated subset (default: every registered method the checkpoint can run without "
+                   "required options)")
     p.add_argument("--out", default=str(ROOT / "runs" / "methods_comparison"))
     p.add_argument("--table", default=str(ROOT / "benchmarks" / "results" / "methods_synthetic.md"))
     p.add_argument("--batch-size", type=int, default=16)
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> Path:
     ckpt = train_stages() if args.train else args.explainer
     if ckpt is None:
         raise SystemExit("error: give --explainer CKPT or --train")
-    names = args.methods.split(",") if args.methods else [m for m in available() if m != "vit_shapley"]
+    stages = set(load_models(ckpt).models)
+    usable = [m for m in available() if set(get(m).needs) <= stages and not get(m).required]
+    names = args.methods.split(",") if args.methods else [m for m in usable if m != "vit_shapley"]
     start = time.time()
     runs = [(ckpt, ",".join(names), Path(args.out))]
     if args.vit_shapley and "vit_shapley" in available():

@@ -29,6 +29,7 @@ Access = Literal["black", "grey", "white"]
 ACCESS_LEVEL: dict[str, int] = {"black": 0, "grey": 1, "white": 2}
 _GRANTS = {"grey": "model internals (activations or attention weights)", "white": "gradients"}
 _CONTEXT = ("batch", "dataset")
+REQUIRED = inspect.Parameter.empty
 
 
 @dataclass
@@ -87,10 +88,15 @@ class MethodSpec:
 
     @property
     def options(self) -> dict[str, Any]:
-        """Option names and defaults (None for a method that takes free-form options)."""
+        """Option names and defaults (`REQUIRED` for an option the user must give)."""
         params = list(inspect.signature(self.fn).parameters.values())[3:]
         return {p.name: p.default for p in params
                 if p.name not in (*self.needs, *_CONTEXT) and p.kind is not p.VAR_KEYWORD}
+
+    @property
+    def required(self) -> list[str]:
+        """Options without a default, which every call must give."""
+        return [k for k, v in self.options.items() if v is REQUIRED]
 
     def check_access(self, model: nn.Module) -> None:
         """Refuse a model that grants less access (gradients, internals) than the method needs."""
@@ -108,8 +114,12 @@ class MethodSpec:
         takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.fn).parameters.values())
         unknown = sorted(set(options) - set(self.options))
         if unknown and not takes_any:
-            known = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
+            known = ", ".join(k if v is REQUIRED else f"{k}={v!r}" for k, v in self.options.items()) or "none"
             raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {self.name!r}; its options: {known}")
+        missing = [k for k in self.required if k not in options]
+        if missing:
+            raise ValueError(f"method {self.name!r} needs the option(s) {', '.join(missing)} "
+                             f"(--option {self.name}.{missing[0]}=VALUE)")
 
     def check_models(self, models: Mapping[str, nn.Module]) -> None:
         """Refuse a call that lacks a stage the method needs."""

@@ -8,18 +8,16 @@ from torch import Tensor, nn
 
 from explainers.protocol import Explanation, explainer
 from interventions.gradual import gradual_intervention_test
-from interventions.properties import PROPERTIES, get_property
+from interventions.properties import get_property
 
 
 @explainer("intervention", access="black")
 def intervention_test(
     model: nn.Module, images: Tensor, target: Tensor, batch: dict[str, Any] | None = None, dataset: Any = None,
-    property: str | None = None, num_steps: int | None = None, num_permutations: int = 1000, delta: float = 0.01,
+    *, property: str, num_steps: int | None = None, num_permutations: int = 1000, delta: float = 0.01,
     plus_one: bool = False, seed: int = 0, frames: int = 5, batch_size: int = 256,
 ) -> Explanation:
     """Gradual interventions (Algorithm 1): the target probability along a property, S = E_x|dF/dx|, p-value, flips."""
-    if property is None:
-        raise ValueError(f"the intervention test needs a property; available: {', '.join(PROPERTIES)}")
     factory = get_property(property)
     index = torch.as_tensor((batch or {}).get("index", torch.arange(images.shape[0])))
     try:

@@ -23,6 +23,7 @@ from rcsb.bridge import (
     training_target,
 )
 from rcsb.checkpoints import extract_i2sb_state_dict, load_i2sb_weights
+from rcsb.callback import RCSBCallback
 from rcsb.method import make_region, rcsb_explain
 from rcsb.stage import PRESETS, BridgeModule, build_network
 from rcsb.guidance import AdamStabilizer, adaptive_normalise, from_bridge, rcsb_sample, to_bridge
@@ -39,6 +40,7 @@ from rcsb.regions import (
 )
 
 __all__ = [
+    "RCSBCallback",
     "ADM256_CONFIG",
     "ADMUNet",
     "AdamStabilizer",

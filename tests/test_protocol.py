@@ -87,7 +87,9 @@ def test_every_discovered_method_is_registered_once_with_its_options():
     names = explainers.available()
     assert {"rex", "salvage", "vit_shapley", "intervention", "kernel_shap", "random"} <= set(names)
     assert explainers.get("rise").options["n_masks"] == 1000
-    assert explainers.get("intervention").options["property"] is None
+    assert explainers.get("intervention").required == ["property"]
+    with pytest.raises(ValueError, match="'intervention' needs the option\\(s\\) property"):
+        explainers.get("intervention")(_Linear(), torch.rand(1, 3, 8, 8))
     with pytest.raises(ValueError, match="registered twice"):
         explainers.explainer("rex")(lambda model, images, target: None)
 
