@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
-from evaluation.configs import resolve_config
+from evaluation.configs import instantiation_error, resolve_config
 from evaluation.discovery import discover
 
 def wandb_offline() -> bool:
@@ -62,6 +63,14 @@ class ExperimentCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.config.name is None:
             self.config.name = Path(str(self.config.config[0])).stem if self.config.get("config") else "experiment"
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            config = self.config.get("config")
+            what = f"the stage of {str(config[0])!r}" if config else "the stage"
+            raise SystemExit(instantiation_error(err, what)) from None
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer_cfg = self.config_init.trainer
@@ -113,6 +122,11 @@ def run_stage(args: list[str]) -> dict[str, Any]:
         args=args,
     )
     check_compatible(cli.model, cli.datamodule)
+    if hasattr(cli.datamodule, "check_layout") and not getattr(cli.datamodule, "download", False):
+        try:
+            cli.datamodule.check_layout()
+        except FileNotFoundError as err:
+            raise SystemExit(f"error: {err}") from None
     run_dir, trainer = cli.run_dir, cli.trainer
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +206,7 @@ def summarise(results: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Entry point: resolve `--config NAME`, then run a single stage or a pipeline."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # train.py passes argv on
     for i, arg in enumerate(argv):
         if arg in ("--config", "-c") and i + 1 < len(argv):
             argv[i + 1] = str(resolve_config(argv[i + 1]))

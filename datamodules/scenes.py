@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -84,10 +85,15 @@ def _inside_polygon(px: Tensor, py: Tensor, vertices: Tensor) -> Tensor:
     return ((straddles & (px < x_cross)).sum(0) % 2) == 1
 
 
+@lru_cache(maxsize=8)
+def _grid(size: int, offset: float) -> tuple[Tensor, Tensor]:
+    coords = torch.arange(size, dtype=torch.float32) + offset
+    return torch.meshgrid(coords, coords, indexing="ij")
+
+
 def shape_mask(shape: str, size: int, cx: float, cy: float, scale: float, angle: float) -> Tensor:
     """Boolean (size, size) mask of `shape` centred at (cx, cy) px, half-extent `scale` px, rotated by `angle`."""
-    coords = torch.arange(size, dtype=torch.float32) + 0.5
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    yy, xx = _grid(size, 0.5)
     dx, dy = (xx - cx) / scale, (yy - cy) / scale
     c, s = math.cos(angle), math.sin(angle)
     px, py = c * dx + s * dy, -s * dx + c * dy
@@ -106,8 +112,7 @@ def _background(g: torch.Generator, size: int) -> Tensor:
     low = 0.35 + 0.3 * torch.rand(1, 1, 4, 4, generator=g) + 0.08 * torch.randn(1, 3, 1, 1, generator=g)
     field = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)[0]
     theta, freq, phase = _uniform(g, 0, math.pi), _uniform(g, 0.15, 0.5), _uniform(g, 0, 2 * math.pi)
-    coords = torch.arange(size, dtype=torch.float32)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    yy, xx = _grid(size, 0.0)
     grating = torch.sin(freq * (xx * torch.cos(theta) + yy * torch.sin(theta)) + phase)
     noise = 0.03 * torch.randn(3, size, size, generator=g)
     return (field + 0.05 * grating + noise).clamp(0, 1)
@@ -144,6 +149,11 @@ def _corner_box(size: int, corner: int) -> Tensor:
     return box
 
 
+@lru_cache(maxsize=8)
+def _all_corners(size: int) -> Tensor:
+    return _corner_box(size, 0) | _corner_box(size, 1) | _corner_box(size, 2) | _corner_box(size, 3)
+
+
 def render_scene(
     seed: int,
     split: str,
@@ -159,9 +169,7 @@ def render_scene(
     size = img_size
     label = int(torch.randint(len(CLASS_SHAPES), (1,), generator=g))
     image = _background(g, size)
-    corners = torch.zeros(size, size, dtype=torch.bool)
-    for k in range(4):
-        corners |= _corner_box(size, k)
+    corners = _all_corners(size)
 
     target_scale = float(_uniform(g, 0.2, 0.27)) * size
     target, _ = _place(g, size, target_scale, corners, CLASS_SHAPES[label])

@@ -14,8 +14,15 @@ from datamodules.base import evaluation_sampler
 from datamodules.scenes import CLASS_SHAPES, CueConfig, render_scene
 
 
+_RENDERED: dict[tuple, dict[str, Tensor]] = {}
+
+
 class SyntheticScenes(Dataset):
-    """`size` scenes of one split, rendered once into memory (8-bit, like photos) and served as dicts."""
+    """`size` scenes of one split, rendered once into memory (8-bit, like photos) and served as dicts.
+
+    Rendered scenes are kept for the life of the process, keyed by everything that decides them, so the stages of a
+    pipeline (and a smaller split of the same scenes, which is a prefix) render each scene once.
+    """
 
     def __init__(
         self,
@@ -35,12 +42,19 @@ class SyntheticScenes(Dataset):
         self._store = self._prerender(progress)
 
     def _prerender(self, progress: bool) -> dict[str, Tensor]:
-        workers = min(2, os.cpu_count() or 1) if self.size >= 2000 else 0
-        loader = DataLoader(_Renderer(self), batch_size=256, num_workers=workers)
-        chunks = list(tqdm(loader, desc=f"rendering {self.split} scenes", disable=not progress, leave=False))
-        store = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
-        store["image"] = (store["image"] * 255).round().to(torch.uint8)
-        return store
+        key = (self.seed, self.split, self.img_size, self.max_distractors, self.cue, self.occluders)
+        done = _RENDERED.get(key)
+        have = len(done["label"]) if done is not None else 0
+        if have < self.size:
+            missing = _Renderer(self, start=have)
+            workers = min(2, os.cpu_count() or 1) if len(missing) >= 2000 else 0
+            loader = DataLoader(missing, batch_size=256, num_workers=workers)
+            chunks = list(tqdm(loader, desc=f"rendering {self.split} scenes", disable=not progress, leave=False))
+            new = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+            new["image"] = (new["image"] * 255).round().to(torch.uint8)
+            done = new if done is None else {k: torch.cat([done[k], new[k]]) for k in done}
+            _RENDERED[key] = done
+        return {k: v[: self.size] for k, v in done.items()}
 
     def render(self, index: int, cue_strength: float | None = None) -> dict[str, Tensor]:
         """Re-render scene `index`, optionally with the cue strength overridden (0 = no cue)."""
@@ -59,14 +73,16 @@ class SyntheticScenes(Dataset):
 
 
 class _Renderer(Dataset):
-    def __init__(self, scenes: SyntheticScenes) -> None:
-        self.scenes = scenes
+    """Scenes `start`.. `scenes.size` - 1, rendered in loader workers."""
+
+    def __init__(self, scenes: SyntheticScenes, start: int = 0) -> None:
+        self.scenes, self.start = scenes, start
 
     def __len__(self) -> int:
-        return self.scenes.size
+        return self.scenes.size - self.start
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return self.scenes.render(index)
+        return self.scenes.render(self.start + index)
 
 
 class SyntheticDataModule(L.LightningDataModule):

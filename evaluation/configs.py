@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -54,5 +56,42 @@ def build_datamodule(name: str, overrides: dict[str, Any] | None = None) -> L.Li
     try:
         cfg = parser.parse_object({"data": data})
         return parser.instantiate_classes(cfg).data
-    except Exception as err:  # jsonargparse reports every validation problem as one error
-        raise SystemExit(f"error: cannot build the data of {str(path)!r}: {str(err).splitlines()[0]}") from err
+    except Exception as err:
+        raise SystemExit(instantiation_error(err, f"the data of {str(path)!r}")) from None
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The deepest exception in `err`'s chain that was not raised by jsonargparse itself (it wraps the real error in
+    a union-type failure and a dump of the namespace)."""
+    chain, seen = [], err
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ if seen.__cause__ is not None else None if seen.__suppress_context__ else seen.__context__
+    own = [e for e in chain if e.__traceback__ is None
+           or "jsonargparse" not in traceback.extract_tb(e.__traceback__)[-1].filename]
+    return own[-1] if own else chain[0]
+
+
+def producing_command(path: str) -> str | None:
+    """The train.py command that writes checkpoint `path` (runs/NAME/checkpoints/...), if NAME is a shipped config or
+    a pipeline's stage."""
+    match = re.search(r"(?:^|[\\/])runs[\\/](\w+)(?:[\\/](\w+))?[\\/]checkpoints[\\/]", path)
+    if match is None:
+        return None
+    name = match[1]
+    if name + ".yaml" in available_configs():
+        return f"python train.py --config {name}.yaml"
+    return None
+
+
+def instantiation_error(err: BaseException, what: str) -> str:
+    """One message for an error raised while a config is instantiated: the real error (no parser traceback or
+    namespace dump) and, for a missing checkpoint, the command that makes it."""
+    cause = _root_cause(err)
+    text = str(cause).strip() or type(cause).__name__
+    message = f"error: cannot build {what}: {text}"
+    missing = re.search(r"checkpoint not found: '([^']+)'", text)
+    command = producing_command(missing[1]) if missing else None
+    if command:
+        message += f"\nThat checkpoint is made by the stage before this one: {command}"
+    return message

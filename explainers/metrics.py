@@ -22,32 +22,46 @@ def _pixel_inputs(maps: Tensor, masks: Tensor, target: Tensor | None) -> tuple[T
 
 
 def relevance_mass_accuracy(maps: Tensor, masks: Tensor, target: Tensor | None = None) -> Tensor:
-    """RMA (Arras et al. 2022): positive relevance inside the ground-truth mask / all positive relevance, (B,)."""
+    """RMA (Arras et al. 2022): positive relevance inside the ground-truth mask / all positive relevance, (B,).
+
+    Undefined, so NaN, for a map with a NaN pixel or no positive relevance and for an empty mask.
+    """
     pixel, gt = _pixel_inputs(maps, masks, target)
     positive = pixel.clamp_min(0)
     total = positive.sum(1)
-    return torch.where(total > 0, (positive * gt).sum(1) / total.clamp_min(1e-12), torch.zeros_like(total))
+    rma = (positive * gt).sum(1) / total
+    return torch.where((total > 0) & gt.any(1) & ~pixel.isnan().any(1), rma, torch.full_like(rma, float("nan")))
 
 
 def relevance_rank_accuracy(maps: Tensor, masks: Tensor, target: Tensor | None = None) -> Tensor:
-    """RRA (Arras et al. 2022): fraction of the K most relevant pixels inside the mask, K = mask size, (B,)."""
+    """RRA (Arras et al. 2022): fraction of the K most relevant pixels inside the mask, K = mask size, (B,).
+
+    Ties at the K-th value are scored by their expected share: if r of the top-K slots go to a tie group of T pixels,
+    t of them inside the mask, they add r t / T hits, so the score does not depend on pixel order and a constant map
+    scores the chance level K / N. Undefined, so NaN, for a map with a NaN pixel and for an empty mask.
+    """
     pixel, gt = _pixel_inputs(maps, masks, target)
     k = gt.sum(1)
-    ranks = pixel.argsort(dim=1, descending=True).argsort(dim=1)
-    hits = ((ranks < k[:, None]) & gt).sum(1)
-    return torch.where(k > 0, hits / k.clamp_min(1), torch.zeros_like(k, dtype=torch.float)).float()
+    kth = pixel.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp(min=0)[:, None])
+    above, tied = pixel > kth, pixel == kth
+    slots = (k - above.sum(1)).double()
+    hits = (above & gt).sum(1) + slots * (tied & gt).sum(1) / tied.sum(1).clamp(min=1)
+    rra = (hits / k).float()
+    return torch.where((k > 0) & ~pixel.isnan().any(1), rra, torch.full_like(rra, float("nan")))
 
 
 def fraction_inside(explanation: Tensor, region: Tensor) -> Tensor:
-    """ReX section 6 (IN): fraction (B,) of the explanation's pixels that lie inside `region` (B, 1, H, W)."""
+    """ReX section 6 (IN): fraction (B,) of the explanation's pixels that lie inside `region` (B, 1, H, W); NaN for
+    an empty explanation."""
     e = explanation.flatten(1)
-    return (e & region.flatten(1).to(e.device)).sum(1) / e.sum(1).clamp(min=1)
+    return (e & region.flatten(1).to(e.device)).sum(1) / e.sum(1).float().where(e.any(1), torch.tensor(float("nan")))
 
 
 def fraction_outside(explanation: Tensor, region: Tensor) -> Tensor:
-    """ReX section 6 (OUT): fraction (B,) of the explanation's pixels that lie outside `region` (B, 1, H, W)."""
+    """ReX section 6 (OUT): fraction (B,) of the explanation's pixels that lie outside `region` (B, 1, H, W); NaN for
+    an empty explanation."""
     e = explanation.flatten(1)
-    return (e & ~region.flatten(1).to(e.device)).sum(1) / e.sum(1).clamp(min=1)
+    return (e & ~region.flatten(1).to(e.device)).sum(1) / e.sum(1).float().where(e.any(1), torch.tensor(float("nan")))
 
 
 def ground_truth_metrics(maps: Tensor, explanation: Tensor, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:

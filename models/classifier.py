@@ -83,6 +83,7 @@ class ClassifierModule(MaskableModule):
     """Stage 1: fine-tune (or train from scratch) a classifier on full images with cross-entropy."""
 
     monitor = ("val/acc", "max")
+    load_overrides = {"pretrained": False, "pretrained_file": None}
 
     def __init__(
         self,
@@ -98,10 +99,13 @@ class ClassifierModule(MaskableModule):
         label_smoothing: float = 0.0,
         hflip: bool = False,
         eval_seed: int = 0,
+        pretrained_file: str | None = None,
     ) -> None:
         super().__init__(num_classes, lr, weight_decay, warmup_steps, eval_seed)
         self.save_hyperparameters()
-        self.model = build_classifier(backbone, num_classes, img_size, pretrained, patch_size, backbone_kwargs)
+        self.model = build_classifier(
+            backbone, num_classes, img_size, pretrained, patch_size, backbone_kwargs, pretrained_file
+        )
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:

@@ -10,10 +10,14 @@ from torch import Tensor, nn
 
 from models.synthetic_vit import vit_tiny_convpatch16  # noqa: F401  (registers the synthetic ViTs in timm)
 from models.masking import MaskValue, apply_mask, mask_fill, patch_to_pixel
+from models.weights import resolve_pretrained
 
 
-def create_backbone(name: str, num_classes: int, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """A timm model by name; an unknown name fails with the closest names timm knows."""
+def create_backbone(
+    name: str, num_classes: int, pretrained: bool = False, pretrained_file: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """A timm model by name; an unknown name fails with the closest names timm knows. Pretrained weights are resolved
+    to a local file first (`models.weights.resolve_pretrained`: `pretrained_file`, the cache, or a download)."""
     if not timm.is_model(name):
         stem = name.split("_")[0]
         close = timm.list_models(f"{stem}*")[:12]
@@ -21,7 +25,9 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = False, **kwa
             f"unknown backbone {name!r}: timm has no such model. "
             f"Models starting with {stem!r}: {', '.join(close) or 'none'} (see timm.list_models())."
         )
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    if pretrained or pretrained_file is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": resolve_pretrained(name, pretrained_file)}
+    return timm.create_model(name, pretrained=pretrained or pretrained_file is not None, num_classes=num_classes, **kwargs)
 
 
 class MaskableClassifier(nn.Module):
@@ -86,10 +92,11 @@ def build_classifier(
     pretrained: bool = False,
     patch_size: int | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
+    pretrained_file: str | None = None,
 ) -> MaskableClassifier:
     """A MaskableClassifier around the timm model `backbone` (ViTs get `img_size`, CNNs a `patch_size` grid)."""
     kwargs = dict(backbone_kwargs or {})
     if timm.is_model(backbone) and timm.models.is_model_in_modules(backbone, ["vision_transformer", "synthetic_vit"]):
         kwargs.setdefault("img_size", img_size)
-    net = create_backbone(backbone, num_classes, pretrained=pretrained, **kwargs)
+    net = create_backbone(backbone, num_classes, pretrained=pretrained, pretrained_file=pretrained_file, **kwargs)
     return MaskableClassifier(net, img_size=img_size, patch_size=patch_size)

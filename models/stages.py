@@ -53,6 +53,8 @@ class StageModule(L.LightningModule):
 
     stage: str = "stage"
     monitor: tuple[str, str] = ("val/loss", "min")
+    load_overrides: dict[str, Any] = {}
+    """Hyperparameters replaced when a checkpoint is rebuilt (the weights come from the checkpoint, not a download)."""
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["stage"] = self.stage
@@ -100,7 +102,8 @@ def load_stage(path: str | os.PathLike, expect: str | tuple[str, ...] | None = N
     """Rebuild the stage module saved in `path` from its hyperparameters and weights (weights_only=True)."""
     ckpt = load_checkpoint(path, expect)
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k not in _CLI_KEYS}
-    module = _STAGES[ckpt["stage"]](**hparams)
+    cls = _STAGES[ckpt["stage"]]
+    module = cls(**{**hparams, **cls.load_overrides})
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"])
     return module.to(map_location)

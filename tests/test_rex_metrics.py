@@ -23,6 +23,8 @@ def test_in_and_out_fractions():
     occ[0, 0, 0, 2:] = True  # covers 2 of the 4
     assert torch.allclose(fraction_inside(e, gt), torch.tensor([0.25]))
     assert torch.allclose(fraction_outside(e, occ), torch.tensor([0.5]))
+    empty = torch.zeros_like(e)
+    assert fraction_inside(empty, gt).isnan().all() and fraction_outside(empty, occ).isnan().all()
 
 
 def test_size_and_curves_on_a_hand_computed_case():

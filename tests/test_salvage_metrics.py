@@ -80,7 +80,36 @@ def test_rma_and_rra_on_a_hand_made_map():
     gt[0, :2, :2] = True
     assert relevance_mass_accuracy(patch, gt, torch.tensor([0])).item() == 1.0
     assert relevance_rank_accuracy(patch, gt, torch.tensor([1])).item() == 0.0
-    assert relevance_mass_accuracy(-maps.abs(), mask).item() == 0.0  # no positive relevance at all
+    assert relevance_mass_accuracy(-maps.abs(), mask).isnan().all()  # no positive relevance: undefined
+
+
+def test_rra_scores_ties_by_expected_share_so_pixel_order_does_not_matter():
+    g = torch.Generator().manual_seed(0)
+    patch = torch.randint(0, 3, (8, 4, 4), generator=g).float()  # patch-constant maps full of ties
+    masks = torch.rand(8, 1, 32, 32, generator=g) > 0.7
+    rra = relevance_rank_accuracy(patch, masks)
+    for flip in ((-1,), (-2,), (-1, -2)):
+        assert torch.allclose(relevance_rank_accuracy(patch.flip(flip), masks.flip(flip)), rra, atol=1e-6)
+    assert torch.allclose(relevance_rank_accuracy(patch.transpose(-1, -2), masks.transpose(-1, -2)), rra, atol=1e-6)
+    chance = masks.flatten(1).float().mean(1)
+    assert torch.allclose(relevance_rank_accuracy(torch.zeros(8, 4, 4), masks), chance, atol=1e-6)
+    assert torch.allclose(relevance_rank_accuracy(torch.full((8, 32, 32), 7.0), masks), chance, atol=1e-6)
+    # hand-computed: K = 2, one pixel above the tie value (inside), a tie of 4 pixels (1 inside) for the last slot
+    maps = torch.tensor([[[5.0, 1.0, 1.0], [1.0, 1.0, 0.0]]])
+    gt = torch.tensor([[[True, False, True], [False, False, False]]])
+    assert relevance_rank_accuracy(maps, gt).item() == pytest.approx((1 + 1 * 1 / 4) / 2)
+
+
+def test_undefined_ground_truth_scores_are_nan_and_counted_not_zero():
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, :2, :2] = True
+    maps = torch.rand(2, 4, 4)
+    maps[0, 3, 3] = float("nan")
+    rma, rra = relevance_mass_accuracy(maps, mask), relevance_rank_accuracy(maps, mask)
+    assert rma.isnan().all() and rra.isnan().all()  # image 0: a NaN pixel; image 1: an empty mask
+    from explainers import summarise
+    summary = summarise([{"rra": float(r)} for r in rra] + [{"rra": 0.5}], ["rra"])
+    assert summary == {"rra": 0.5, "rra_std": 0.0, "rra_n": 1, "rra_nan": 2}
 
 
 def test_metric_wrappers_accumulate_over_batches():

@@ -106,3 +106,19 @@ def test_bad_synthetic_settings_fail_clearly():
 def test_scenes_dataset_len_and_split():
     ds = SyntheticScenes("val", 5, img_size=32, progress=False)
     assert len(ds) == 5 and ds.split == "val"
+
+
+def test_scenes_render_once_per_process_and_a_smaller_split_is_a_prefix(monkeypatch):
+    calls = []
+    original = SyntheticScenes.render
+    monkeypatch.setattr(SyntheticScenes, "render", lambda self, i, s=None: calls.append(i) or original(self, i, s))
+    big = SyntheticScenes("test", 6, img_size=24, seed=11, progress=False)
+    assert calls == list(range(6))
+    small = SyntheticScenes("test", 4, img_size=24, seed=11, progress=False)
+    bigger = SyntheticScenes("test", 8, img_size=24, seed=11, progress=False)
+    assert calls == list(range(8)), "only the scenes not rendered before are rendered"
+    for i in range(4):
+        assert torch.equal(small[i]["image"], big[i]["image"]) and torch.equal(bigger[i]["mask"], big[i]["mask"])
+    assert torch.equal(bigger[7]["image"], (render_scene(11, "test", 7, img_size=24)["image"]))
+    SyntheticScenes("test", 2, img_size=24, seed=12, progress=False)
+    assert len(calls) == 10, "another seed is other scenes"

@@ -1,0 +1,85 @@
+"""Pretrained weights resolved to a local file before any other work, so an offline node fails in seconds, clearly."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+import torch
+
+HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights that are neither cached nor downloadable (no network), with the ways out in the message."""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _unavailable(name: str, source: str, reason: str) -> WeightsUnavailable:
+    fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
+    return WeightsUnavailable(
+        f"pretrained weights for backbone {name!r} ({source}) are not in the local cache and cannot be downloaded "
+        f"({reason}). Ways out:\n"
+        f"  1. pre-fetch them where there is internet (e.g. a login node, same HF_HOME / TORCH_HOME as the job):\n"
+        f"       {fetch}\n"
+        f"  2. run with HF_HUB_OFFLINE=1 and HF_HOME pointing at a cache that holds them;\n"
+        f"  3. give a local weights file (state dict, .safetensors / .pth / .bin): "
+        f"--model.init_args.pretrained_file PATH;\n"
+        f"  or train from scratch with --model.init_args.pretrained false."
+    )
+
+
+def _from_hub(name: str, repo: str, filenames: tuple[str, ...]) -> str:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for filename in filenames:
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return cached
+    source = f"Hugging Face Hub '{repo}'"
+    if _offline():
+        raise _unavailable(name, source, "HF_HUB_OFFLINE is set")
+    for filename in filenames:
+        try:
+            return hf_hub_download(repo, filename, etag_timeout=10)
+        except EntryNotFoundError:
+            continue
+        except Exception as err:  # any network failure ends here: no retries, one message
+            raise _unavailable(name, source, f"no network? {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+    raise _unavailable(name, source, f"the repository has none of {', '.join(filenames)}")
+
+
+def _from_url(name: str, url: str) -> str:
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if cached.is_file():
+        return str(cached)
+    if _offline():
+        raise _unavailable(name, url, "HF_HUB_OFFLINE is set")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(cached), progress=True)
+    except Exception as err:
+        raise _unavailable(name, url, f"no network? {type(err).__name__}: {err}") from None
+    return str(cached)
+
+
+def resolve_pretrained(name: str, pretrained_file: str | os.PathLike | None = None) -> str:
+    """A local file with the pretrained weights of timm model `name`: `pretrained_file` if given, else the Hugging
+    Face / torch hub cache, else a download (HF_HUB_OFFLINE honoured); `WeightsUnavailable` says what to do."""
+    if pretrained_file is not None:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained_file not found: '{path}' (a state dict saved as .safetensors, .pth or .bin)")
+        return str(path)
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ValueError(f"timm has no pretrained weights for {name!r}; set pretrained: false or give pretrained_file")
+    if cfg.file:
+        return resolve_pretrained(name, cfg.file)
+    if cfg.hf_hub_id:
+        return _from_hub(name, cfg.hf_hub_id, (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES)
+    return _from_url(name, cfg.url)
