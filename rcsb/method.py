@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,13 +24,19 @@ from rcsb.regions import cell_region, mask_file_region
 __all__ = ["make_region", "rcsb_explain"]
 
 
-def make_region(spec: str, model: nn.Module, images: Tensor, predicted: Tensor, batch: Optional[Mapping[str, Any]] = None,
-                area: float = 0.3, cells: Optional[int] = None) -> Tensor:
-    """The (B, 1, H, W) bool region named by ``spec``: "auto:METHOD", "truth" or a mask file path."""
+def make_region(spec: Union[str, Tensor], model: nn.Module, images: Tensor, predicted: Tensor,
+                batch: Optional[Mapping[str, Any]] = None, area: float = 0.3, cells: Optional[int] = None) -> Tensor:
+    """The (B, 1, H, W) bool region named by ``spec``: "auto:METHOD", "truth", a mask file path, or given as a
+    (B or 1, 1, H, W) tensor (nonzero = region)."""
     b, _, h, w = images.shape
-    if not isinstance(spec, str) or not spec:
+    if isinstance(spec, Tensor):
+        if spec.ndim != 4 or spec.shape[1] != 1 or spec.shape[0] not in (1, b) or tuple(spec.shape[-2:]) != (h, w):
+            raise ValueError(f"a region tensor must be (B or 1, 1, {h}, {w}), got {tuple(spec.shape)}")
+        region = (spec != 0).to(images.device).expand(b, 1, h, w)
+        spec = "given as a tensor"
+    elif not isinstance(spec, str) or not spec:
         raise ValueError(f"region must be 'auto:METHOD', 'truth' or a mask file path, got {spec!r}")
-    if spec.startswith("auto:"):
+    elif spec.startswith("auto:"):
         name = spec[len("auto:"):]
         if name == "rcsb":
             raise ValueError("region 'auto:rcsb' would call RCSB recursively; name an attribution method, "
@@ -70,7 +76,7 @@ def rcsb_explain(
     target: Tensor,
     bridge: nn.Module,
     batch: Optional[Mapping[str, Any]] = None,
-    region: str = "auto:occlusion",
+    region: Union[str, Tensor] = "auto:occlusion",
     area: float = 0.3,
     cells: Optional[int] = None,
     nfe: int = 100,
@@ -84,7 +90,7 @@ def rcsb_explain(
     """RCSB (Sobieski et al. 2025): region-constrained counterfactuals towards `target` with a guided I2SB bridge.
 
     The region is "auto:METHOD" (METHOD's map of the predicted class, top cells covering `area`, cells of `cells`
-    px, default image size / 16), "truth" (batch["mask"]) or a PNG mask file; nfe, start, scale, tweedie, adam and
+    px, default image size / 16), "truth" (batch["mask"]), a PNG mask file or a (B, 1, H, W) tensor; nfe, start, scale, tweedie, adam and
     normalise are the sampler's (rcsb.guidance.rcsb_sample); seed draws the inpainting noise. Scores per image:
     target_probability / original_probability (p of `target` after / before), flipped (argmax == target),
     l1_inside (mean |change| over the region's pixels and channels), l2_inside (root mean square change there) and
