@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     loaded = load_models(args.ckpt, args.img_size, args.grid, extra)
     check_methods(methods, loaded, options)
     if args.images:
-        items, dataset, class_names = ImageFiles(args.images, loaded.img_size), None, None
+        items, dataset, class_names = ImageFiles(args.images, loaded.img_size, loaded.crop_pct), None, None
     else:
         items, dataset, class_names = split_items(args.data, args.split, args.data_arg, args.limit, loaded)
     meta = {"checkpoint": str(args.ckpt), "stage": loaded.stage, "methods": methods,

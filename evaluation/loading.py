@@ -11,6 +11,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from datamodules.transforms import RESIZE_RATIO
 
 from evaluation.discovery import discover
 from models.queries import BlackBoxModel
@@ -26,6 +29,8 @@ class LoadedModels:
     stage: str | None
     img_size: int
     modules: list[nn.Module] = field(default_factory=list)
+    crop_pct: float = 1 / RESIZE_RATIO
+    """Evaluation transform of image files: shorter side to img_size / crop_pct, then a centre crop."""
 
     @property
     def classifier(self) -> nn.Module:
@@ -91,28 +96,31 @@ def _provides(module: Any, path: str | Path) -> dict[str, nn.Module]:
         raise SystemExit(f"error: {str(path)!r}: {err}") from err
 
 
-def _fit_image(img: Image.Image, name: str, size: int) -> Image.Image:
+def _fit_image(img: Image.Image, name: str, size: int, crop_pct: float) -> Image.Image:
     notes = []
     if img.mode != "RGB":
         notes.append(f"mode {img.mode} -> RGB")
         img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA") else img.convert("RGB")
     if img.size != (size, size):
-        notes.append(f"{img.size[0]}x{img.size[1]} -> {size}x{size}")
-        img = img.resize((size, size), Image.BILINEAR)
+        shorter = round(size / crop_pct)
+        notes.append(f"{img.size[0]}x{img.size[1]}: shorter side resized to {shorter} px, centre {size}x{size} "
+                     f"crop, as the model's evaluation transform")
+        img = v2.CenterCrop(size)(v2.Resize(shorter, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(img))
     if notes:
-        print(f"note: {name}: converted ({', '.join(notes)})")
+        print(f"note: {name}: converted ({'; '.join(notes)})")
     return img
 
 
-def load_image(path: str | Path, size: int) -> Tensor:
-    """An image file as (3, size, size) float in [0, 1]; other modes and sizes are converted with a note."""
+def load_image(path: str | Path, size: int, crop_pct: float = 1 / RESIZE_RATIO) -> Tensor:
+    """An image file as (3, size, size) float in [0, 1]: converted to RGB, and an image of another size resized
+    (shorter side to size / crop_pct) and centre-cropped, each with a printed note."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"error: image not found: {str(path)!r}")
     try:
         with Image.open(path) as img:
             img.load()
-            img = _fit_image(img, path.name, size)
+            img = _fit_image(img, path.name, size, crop_pct)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise SystemExit(f"error: cannot read image {str(path)!r}: {err}") from err
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1).contiguous()
@@ -121,8 +129,8 @@ def load_image(path: str | Path, size: int) -> Tensor:
 class ImageFiles(Dataset):
     """Image files as dataset items {image, name, index}."""
 
-    def __init__(self, paths: list[str], size: int) -> None:
-        self.images = [load_image(p, size) for p in paths]
+    def __init__(self, paths: list[str], size: int, crop_pct: float = 1 / RESIZE_RATIO) -> None:
+        self.images = [load_image(p, size, crop_pct) for p in paths]
         stems = [Path(p).stem for p in paths]
         self.names = [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
 

@@ -14,6 +14,7 @@ from PIL import Image
 import explain
 import train
 import explainers
+from evaluation import load_image
 from tests.conftest import tiny_stage_args
 
 SMALL = ["--option", "rex.n_partitions=2", "--option", "rex.min_size=32", "--option", "rise.n_masks=32",
@@ -42,6 +43,15 @@ def image_files(tmp_path) -> list[str]:
     return [str(grey), str(rgba)]
 
 
+def test_a_photo_of_another_shape_is_resized_and_centre_cropped_not_squashed(tmp_path):
+    wide = np.zeros((40, 120, 3), np.uint8)
+    wide[:, :40, 0] = wide[:, 40:80, 1] = wide[:, 80:, 2] = 255  # red | green | blue thirds
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    image = load_image(tmp_path / "wide.png", 32, crop_pct=1.0)
+    assert image.shape == (3, 32, 32)
+    assert image[1].mean() > 0.95 and image[0].max() < 0.05 and image[2].max() < 0.05  # only the green middle
+
+
 def _finite(value) -> bool:
     if isinstance(value, dict):
         return all(_finite(v) for v in value.values())
@@ -53,7 +63,8 @@ def test_explain_image_files_writes_pictures_maps_and_summary(ckpt, image_files,
     records = explain.main(["--ckpt", ckpt, "--method", "rex,occlusion", "--images", *image_files, "--out", str(out),
                             *SMALL])
     notes = capsys.readouterr().out
-    assert "grey.png: converted (mode L -> RGB, 28x40 -> 32x32)" in notes
+    assert ("grey.png: converted (mode L -> RGB; 28x40: shorter side resized to 37 px, centre 32x32 crop, as the "
+            "model's evaluation transform)") in notes
     assert "rgba.png: converted (mode RGBA -> RGB)" in notes
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stage"] == "classifier" and len(summary["records"]) == 4 == len(records)
