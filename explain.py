@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=8, help="patch grid side for perturbing a TorchScript model")
     p.add_argument("--steps", type=int, default=50, help="insertion/deletion curve steps")
     p.add_argument("--srg-masks", type=int, default=128, help="masks per subset size for R-SRG (Salvage: 128)")
+    p.add_argument("--min-confidence", default="auto",
+                   help="sufficiency: a kept subset must keep the class and this fraction of the full image's "
+                        "probability (auto: 0, or 0.8 for two-class models)")
     p.add_argument("--no-metrics", action="store_true", help="maps and pictures only")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         loaded, methods, items, args.out, options, _target_index(args.target, class_names), dataset, class_names,
         meta, compare=bool(args.data) and len(methods) > 1, batch_size=args.batch_size, devices=args.devices,
         accelerator=args.accelerator, steps=args.steps, seed=args.seed, metrics=not args.no_metrics,
-        srg_masks=args.srg_masks,
+        srg_masks=args.srg_masks, min_confidence=args.min_confidence,
     )
 
 if __name__ == "__main__":

@@ -37,14 +37,14 @@ def explain_images(
     options: dict[str, dict[str, Any]] | None = None, target: int | None = None, dataset: Any = None,
     class_names: list[str] | None = None, meta: dict[str, Any] | None = None, compare: bool = False,
     batch_size: int = 8, devices: int = 1, accelerator: str = "auto", steps: int = 50, seed: int = 0,
-    metrics: bool = True, srg_masks: int = 128,
+    metrics: bool = True, srg_masks: int = 128, min_confidence: float | str = "auto",
 ) -> list[dict[str, Any]]:
     """Run `methods` on `items` ({image, name, ...} dicts) and write PNGs, npz files, summary.json (and
     comparison.md with `compare`) into `out_dir`; returns the records (one per image and method)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ExplanationWriter(out_dir, class_names, meta, compare)
-    task = ExplainTask(loaded, methods, options or {}, target, dataset, steps, seed, metrics, srg_masks)
+    task = ExplainTask(loaded, methods, options or {}, target, dataset, steps, seed, metrics, srg_masks, min_confidence)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, inference_mode=False,
                         enable_checkpointing=False, enable_model_summary=False, callbacks=[writer])
     try:

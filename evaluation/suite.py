@@ -14,26 +14,66 @@ from torch import Tensor, nn
 
 from explainers.metrics import ground_truth_metrics
 from explainers.protocol import Explanation
+from models.queries import QueryEngine
 from rex.metrics import rex_metrics
 from salvage.metrics import relative_srg_scores, srg_scores
 
 #: Column order of the comparison table.
 METRIC_KEYS = ("size", "insertion", "deletion", "in", "out", "srg", "r_srg", "rra", "rma", "S", "p", "flips")
+#: An explanation is degenerate when the fully masked image comes within this probability of being sufficient.
+DEGENERATE_MARGIN = 0.05
+#: The default sufficiency requirement for two-class models (fraction of the full image's target probability).
+TWO_CLASS_MIN_CONFIDENCE = 0.8
+
+
+def resolve_min_confidence(min_confidence: float | str, num_classes: int) -> float:
+    """The sufficiency requirement (rex-xai's confidence_filter): "auto" is 0 (keep the class, ReX section 5.1) for
+    three or more classes and 0.8 of the full image's confidence for two classes, where a fully masked image sits
+    near p = 0.5 and keeping the class alone is met by a handful of pixels."""
+    if min_confidence == "auto":
+        return TWO_CLASS_MIN_CONFIDENCE if num_classes == 2 else 0.0
+    value = float(min_confidence)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"min_confidence must be 'auto' or lie in [0, 1], got {min_confidence!r}")
+    return value
+
+
+def degenerate(blank: Tensor, full: Tensor, target: Tensor, min_confidence: float,
+               margin: float = DEGENERATE_MARGIN) -> Tensor:
+    """(B,) True where the fully masked image's probabilities `blank` (B, C) already (nearly, within `margin`)
+    meet the sufficiency test for `target`: its top class and at least `min_confidence` x the full image's
+    probability `full` (B,). Any subset of pixels then "suffices", so the explanation's size says nothing."""
+    p = blank.gather(1, target[:, None])[:, 0]
+    return (p >= blank.amax(1) - margin) & (p >= min_confidence * full - margin)
 
 
 @torch.no_grad()
 def score(
     explanation: Explanation, models: Mapping[str, nn.Module], images: Tensor, batch: Mapping[str, Any],
-    steps: int = 50, srg_masks: int = 128, generator: torch.Generator | None = None,
+    steps: int = 50, srg_masks: int = 128, generator: torch.Generator | None = None, min_confidence: float = 0.0,
 ) -> tuple[dict[str, Tensor], Tensor | None]:
-    """Per-image metrics {name: (B,)} of an explanation and the sufficient explanation (B, 1, H, W) they used."""
+    """Per-image metrics {name: (B,)} of an explanation and the sufficient explanation (B, 1, H, W) they used.
+
+    Map methods also get `blank_probability` (the target's probability on the fully masked image) and the flag
+    `degenerate` (see :func:`degenerate`); a degenerate image's size, IN and OUT are NaN, so means leave it out
+    and count it."""
     e = explanation
     metrics = {k: v for k, v in e.scores.items() if v.dtype != torch.bool}
     if e.maps is None:
         return metrics, None
-    section6, extracted = rex_metrics(models["classifier"], images, e.maps, e.target, e.explanation, steps)
+    engine = QueryEngine(models["classifier"])
+    probs = engine.probabilities(torch.cat([images, engine.blank(images)])).float()
+    full, blank = probs[: len(images)], probs[len(images):]
+    target = e.target.to(images.device)
+    flat = degenerate(blank, full.gather(1, target[:, None])[:, 0], target, min_confidence)
+    section6, extracted = rex_metrics(engine, images, e.maps, e.target, e.explanation, steps, min_confidence)
     metrics.update(section6)
     metrics.update(ground_truth_metrics(e.maps, extracted, batch))
+    for key in ("size", "in", "out"):
+        if key in metrics:
+            metrics[key] = torch.where(flat.to(metrics[key].device), torch.nan, metrics[key].float())
+    metrics["blank_probability"] = blank.gather(1, target[:, None])[:, 0]
+    metrics["degenerate"] = flat
     surrogate = models.get("surrogate")
     if surrogate is not None:
         metrics["srg"] = srg_scores(surrogate, images, e.maps, e.target)["srg"]

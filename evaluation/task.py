@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from evaluation.loading import LoadedModels
-from evaluation.suite import score
+from evaluation.suite import resolve_min_confidence, score
 from explainers.protocol import Explanation, get
 
 
@@ -18,12 +18,13 @@ class ExplainTask(L.LightningModule):
 
     def __init__(self, loaded: LoadedModels, methods: list[str], options: dict[str, dict[str, Any]],
                  target: int | None = None, dataset: Any = None, steps: int = 50, seed: int = 0,
-                 metrics: bool = True, srg_masks: int = 128) -> None:
+                 metrics: bool = True, srg_masks: int = 128, min_confidence: float | str = "auto") -> None:
         super().__init__()
         self.held = torch.nn.ModuleList([m for m in {id(m): m for m in [*loaded.models.values(), *loaded.modules]}.values()])
         object.__setattr__(self, "loaded", loaded)
         self.methods, self.options, self.fixed_target, self.dataset = methods, options, target, dataset
         self.steps, self.seed, self.with_metrics, self.srg_masks = steps, seed, metrics, srg_masks
+        self.min_confidence = min_confidence
 
     def on_predict_start(self) -> None:
         self.held.eval()
@@ -35,14 +36,17 @@ class ExplainTask(L.LightningModule):
             probs = models["classifier"](images).float().softmax(-1)
         pred = probs.argmax(1)
         target = pred if self.fixed_target is None else torch.full_like(pred, self.fixed_target)
+        min_confidence = resolve_min_confidence(self.min_confidence, probs.shape[1])
         results: list[tuple[str, Explanation, dict[str, Tensor], Tensor | None]] = []
         for method in self.methods:
-            e = get(method)(models, images, target, batch=batch, dataset=self.dataset,
-                            **self.options.get(method, {})).detach()
+            spec, options = get(method), dict(self.options.get(method, {}))
+            if "min_confidence" in spec.options:  # methods that extract their own explanation use the same rule
+                options.setdefault("min_confidence", min_confidence)
+            e = spec(models, images, target, batch=batch, dataset=self.dataset, **options).detach()
             metrics: dict[str, Tensor] = {k: v for k, v in e.scores.items() if v.dtype != torch.bool}
             extracted = e.explanation
             if self.with_metrics:
                 g = torch.Generator(device=images.device).manual_seed(self.seed * 1_000_003 + batch_idx)
-                metrics, extracted = score(e, models, images, batch, self.steps, self.srg_masks, g)
+                metrics, extracted = score(e, models, images, batch, self.steps, self.srg_masks, g, min_confidence)
             results.append((method, e, metrics, extracted))
         return {"probs": probs, "pred": pred, "target": target, "results": results}

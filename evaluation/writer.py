@@ -46,10 +46,12 @@ class ExplanationWriter(BasePredictionWriter):
                 stem = f"{rec['image']}_{method}"
                 title = (f"{method}: predicted {rec['predicted_name']} (p = {rec['confidence']:.2f})"
                          + ("" if t == p else f", target {self._name(t)}"))
-                flags = {k: bool(v[i]) for k, v in e.scores.items() if v.dtype == torch.bool}
+                flags = {k: bool(v[i]) for k, v in {**e.scores, **metrics}.items() if v.dtype == torch.bool}
                 if e.curve is not None or e.counterfactual is not None:
                     title = f"{method}: " + ", ".join(f"{k} = {float(v[i]):.3g}" for k, v in metrics.items()) + \
                             f" ({rec['predicted_name']})"
+                if flags.get("degenerate"):
+                    title += "\nDEGENERATE: the fully masked image already gives this class; the size means nothing"
                 shown = e if extracted is None else replace(e, explanation=extracted)
                 save_figure(explanation_figure(images[i], shown, i, title, method), self.out_dir / f"{stem}.png")
                 arrays = {"map": pixel, "raw_map": e.maps, "explanation": None if extracted is None else extracted[:, 0],
@@ -60,7 +62,7 @@ class ExplanationWriter(BasePredictionWriter):
                 np.savez_compressed(self.out_dir / f"{stem}.npz", **saved)
                 self.records.append({**rec, "method": method, **flags, "seconds": e.seconds / b,
                                      "model_calls": e.model_calls / b, "model_images": e.model_images / b,
-                                     "metrics": {k: float(v[i]) for k, v in metrics.items()},
+                                     "metrics": {k: float(v[i]) for k, v in metrics.items() if v.dtype != torch.bool},
                                      "files": {"overlay": f"{stem}.png", "npz": f"{stem}.npz"}})
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

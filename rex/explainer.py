@@ -90,9 +90,10 @@ class ReX:
 
 
 @explainer("rex", access="black")
-def rex_explain(model: nn.Module, images: Tensor, target: Tensor, **config) -> Explanation:
-    """ReX (Algorithm 3): responsibility maps (B, H, W) and the extracted minimal sufficient explanation."""
-    res = ReX(**config).explain(model, images, target)
+def rex_explain(model: nn.Module, images: Tensor, target: Tensor, min_confidence: float = 0.0, **config) -> Explanation:
+    """ReX (Algorithm 3): responsibility maps (B, H, W) and the extracted minimal sufficient explanation (keeping
+    the class and `min_confidence` x its full-image probability); other options are ReXConfig's."""
+    res = ReX(min_confidence=min_confidence, **config).explain(model, images, target)
     first = res.explanations if res.explanations.dim() == 4 else res.explanations[:, 0]
     found = res.found if res.found.dim() == 1 else res.found[:, 0]
     return Explanation(maps=res.maps, explanation=first, scores={"found": found})
