@@ -60,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     methods = "\n".join(f"  {n:22s} {get(n).access}-box  {get(n).summary}" for n in available())
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="methods:\n" + methods,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint of any stage (.ckpt) or a TorchScript model (.pt)")
+    p.add_argument("--ckpt", "--model", dest="ckpt", required=True,
+                   help="checkpoint of any stage (.ckpt); timm:NAME (a timm model, white box); package.module:factory "
+                        "(a Python callable returning an nn.Module on [0, 1] images -> logits, white box); a "
+                        "TorchScript (.pt) or torch.export (.pt2) file (black box)")
+    p.add_argument("--weights", default="pretrained",
+                   help="for timm:NAME: pretrained (timm's weights; offline needs a cache), random, or a local file")
+    p.add_argument("--classes", default=None, help="file with the class names, one per line")
     p.add_argument("--method", required=True, help="comma-separated methods (listed below)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files (converted to RGB at the model's size)")
@@ -80,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--img-size", type=int, default=None, help="input size of a TorchScript model (default 224)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size of a model file or factory (default 224; timm: its data config)")
     p.add_argument("--grid", type=int, default=8, help="patch grid side for perturbing a TorchScript model")
     p.add_argument("--steps", type=int, default=50, help="insertion/deletion curve steps")
     p.add_argument("--srg-masks", type=int, default=128, help="masks per subset size for R-SRG (Salvage: 128)")
@@ -112,12 +119,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if getattr(args, name) is not None and m in available() and name in get(m).options:
                 options.setdefault(m, {})[name] = getattr(args, name)
     extra = {stage: getattr(args, stage) for stage in STAGE_FLAGS if getattr(args, stage)}
-    loaded = load_models(args.ckpt, args.img_size, args.grid, extra)
+    loaded = load_models(args.ckpt, args.img_size, args.grid, extra, args.weights, args.classes)
     check_methods(methods, loaded, options)
     if args.images:
-        items, dataset, class_names = ImageFiles(args.images, loaded.img_size, loaded.crop_pct), None, None
+        items, dataset, class_names = ImageFiles(args.images, loaded.img_size, loaded.crop_pct), None, loaded.class_names
     else:
         items, dataset, class_names = split_items(args.data, args.split, args.data_arg, args.limit, loaded)
+        class_names = loaded.class_names or class_names
     meta = {"checkpoint": str(args.ckpt), "stage": loaded.stage, "methods": methods,
             "source": args.images or {"data": args.data, "split": args.split, "limit": args.limit}}
     return explain_images(

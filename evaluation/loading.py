@@ -1,8 +1,7 @@
-"""What explain.py runs on: the models a checkpoint (or a TorchScript file) provides, and the images to explain."""
+"""What explain.py runs on: the models of a checkpoint or an outside model (`evaluation.outside`), and the images."""
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +13,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from datamodules.transforms import RESIZE_RATIO
-
+from evaluation import outside
 from evaluation.discovery import discover
-from models.queries import BlackBoxModel
+from evaluation.loaded import LoadedModels
 from models.stages import available_stages, load_stage
-
-
-@dataclass
-class LoadedModels:
-    """The models explanation methods may use, by stage name ("classifier" answers every query), the stage of the
-    main checkpoint (None for a TorchScript black box) and the input size."""
-
-    models: dict[str, nn.Module]
-    stage: str | None
-    img_size: int
-    modules: list[nn.Module] = field(default_factory=list)
-    crop_pct: float = 1 / RESIZE_RATIO
-    """Evaluation transform of image files: shorter side to img_size / crop_pct, then a centre crop."""
-
-    @property
-    def classifier(self) -> nn.Module:
-        return self.models["classifier"]
-
-    def describe(self) -> str:
-        return "a TorchScript black box" if self.stage is None else f"a {self.stage} checkpoint"
 
 
 def is_torchscript(path: Path) -> bool:
@@ -49,21 +28,21 @@ def is_torchscript(path: Path) -> bool:
 
 
 def load_models(path: str | Path, img_size: int | None = None, grid: int = 8,
-                extra: dict[str, str] | None = None) -> LoadedModels:
-    """A checkpoint of any stage (weights_only) or a TorchScript file (a black box on images in [0, 1] -> logits),
-    plus checkpoints of further stages (`extra`: stage name -> path, e.g. a bridge)."""
+                extra: dict[str, str] | None = None, weights: str = "pretrained",
+                classes: str | Path | None = None) -> LoadedModels:
+    """A checkpoint of any stage (weights_only); `timm:NAME` (with `weights`: pretrained, random or a file) or
+    `package.module:factory` (white boxes); a TorchScript or torch.export (.pt2) file (a black box on images in
+    [0, 1] -> logits); plus checkpoints of further stages (`extra`: stage name -> path, e.g. a bridge). `classes`:
+    a file of class names, one per line."""
     discover()
-    path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"error: checkpoint not found: {str(path)!r}")
-    if is_torchscript(path):
-        size = img_size or 224
-        scripted = torch.jit.load(str(path), map_location="cpu").eval()
-        mean = getattr(scripted, "mean", None)
-        fill = "black" if mean is None else f"its mean colour {[round(float(v), 3) for v in mean.flatten()]}"
-        print(f"note: {path} is a TorchScript model: treated as a black box on {size} px images (--img-size), "
-              f"perturbed on a {grid}x{grid} grid (--grid), masked pixels set to {fill}")
-        loaded = LoadedModels({"classifier": BlackBoxModel(scripted, size, (grid, grid), mean)}, None, size)
+    spec, path = str(path), Path(path)
+    if outside.is_outside_spec(spec):
+        loaded = (outside.timm_model(spec[5:], img_size, grid, weights) if spec.startswith("timm:")
+                  else outside.factory_model(spec, img_size, grid))
+    elif not path.is_file():
+        raise SystemExit(f"error: checkpoint not found: {spec!r}")
+    elif is_torchscript(path) or path.suffix == ".pt2":
+        loaded = outside.program_model(path, img_size, grid)
     else:
         module = _stage(path)
         hp = module.hparams
@@ -79,6 +58,8 @@ def load_models(path: str | Path, img_size: int | None = None, grid: int = 8,
         module = _stage(Path(extra_path), stage)
         loaded.models.update({k: v for k, v in _provides(module, extra_path).items() if k != "classifier"})
         loaded.modules.append(module)
+    if classes is not None:
+        loaded.class_names = outside.read_classes(classes)
     return loaded
 
 

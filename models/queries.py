@@ -80,6 +80,11 @@ class BlackBoxModel(nn.Module):
         if mean is not None:
             self.register_buffer("mean", torch.as_tensor(mean).float().view(1, -1, 1, 1), persistent=False)
 
+    def train(self, mode: bool = True) -> BlackBoxModel:
+        """A black box stays as it was saved (a torch.export program cannot switch modes at all)."""
+        self.training = mode
+        return self
+
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         return self.fn(images)

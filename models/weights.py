@@ -11,25 +11,29 @@ HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class WeightsUnavailable(RuntimeError):
-    """Pretrained weights that are neither cached nor downloadable (no network), with the ways out in the message."""
+    """Pretrained weights that are neither cached nor downloadable (no network), with the ways out in the message;
+    `ways_out(file_flag, off_flag)` words them for another command line (train.py's flags by default)."""
+
+    def __init__(self, name: str, source: str, reason: str) -> None:
+        self.name, self.source, self.reason = name, source, reason
+        super().__init__(self.ways_out())
+
+    def ways_out(self, file_flag: str = "--model.init_args.pretrained_file PATH",
+                 off_flag: str = "--model.init_args.pretrained false") -> str:
+        fetch = f"python -c \"import timm; timm.create_model('{self.name}', pretrained=True)\""
+        return (
+            f"pretrained weights for backbone {self.name!r} ({self.source}) are not in the local cache and cannot be "
+            f"downloaded ({self.reason}). Ways out:\n"
+            f"  1. pre-fetch them where there is internet (e.g. a login node, same HF_HOME / TORCH_HOME as the job):\n"
+            f"       {fetch}\n"
+            f"  2. run with HF_HUB_OFFLINE=1 and HF_HOME pointing at a cache that holds them;\n"
+            f"  3. give a local weights file (state dict, .safetensors / .pth / .bin): {file_flag};\n"
+            f"  or start from random weights with {off_flag}."
+        )
 
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def _unavailable(name: str, source: str, reason: str) -> WeightsUnavailable:
-    fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
-    return WeightsUnavailable(
-        f"pretrained weights for backbone {name!r} ({source}) are not in the local cache and cannot be downloaded "
-        f"({reason}). Ways out:\n"
-        f"  1. pre-fetch them where there is internet (e.g. a login node, same HF_HOME / TORCH_HOME as the job):\n"
-        f"       {fetch}\n"
-        f"  2. run with HF_HUB_OFFLINE=1 and HF_HOME pointing at a cache that holds them;\n"
-        f"  3. give a local weights file (state dict, .safetensors / .pth / .bin): "
-        f"--model.init_args.pretrained_file PATH;\n"
-        f"  or train from scratch with --model.init_args.pretrained false."
-    )
 
 
 def _from_hub(name: str, repo: str, filenames: tuple[str, ...]) -> str:
@@ -42,15 +46,15 @@ def _from_hub(name: str, repo: str, filenames: tuple[str, ...]) -> str:
             return cached
     source = f"Hugging Face Hub '{repo}'"
     if _offline():
-        raise _unavailable(name, source, "HF_HUB_OFFLINE is set")
+        raise WeightsUnavailable(name, source, "HF_HUB_OFFLINE is set")
     for filename in filenames:
         try:
             return hf_hub_download(repo, filename, etag_timeout=10)
         except EntryNotFoundError:
             continue
         except Exception as err:  # any network failure ends here: no retries, one message
-            raise _unavailable(name, source, f"no network? {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
-    raise _unavailable(name, source, f"the repository has none of {', '.join(filenames)}")
+            raise WeightsUnavailable(name, source, f"no network? {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+    raise WeightsUnavailable(name, source, f"the repository has none of {', '.join(filenames)}")
 
 
 def _from_url(name: str, url: str) -> str:
@@ -58,12 +62,12 @@ def _from_url(name: str, url: str) -> str:
     if cached.is_file():
         return str(cached)
     if _offline():
-        raise _unavailable(name, url, "HF_HUB_OFFLINE is set")
+        raise WeightsUnavailable(name, url, "HF_HUB_OFFLINE is set")
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(cached), progress=True)
     except Exception as err:
-        raise _unavailable(name, url, f"no network? {type(err).__name__}: {err}") from None
+        raise WeightsUnavailable(name, url, f"no network? {type(err).__name__}: {err}") from None
     return str(cached)
 
 
