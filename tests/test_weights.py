@@ -110,3 +110,23 @@ def test_a_missing_upstream_checkpoint_names_the_command_that_makes_it(tmp_path)
     message = str(info.value.code)
     assert "checkpoint not found: 'runs/surrogate_pet/checkpoints/best.ckpt'" in message
     assert "python train.py --config surrogate_pet.yaml" in message and "Namespace(" not in message
+
+
+@pytest.mark.parametrize("dataset", ["pet", "imagenette", "mura"])
+def test_each_real_dataset_has_a_pipeline_config_chaining_its_three_stages(dataset):
+    import yaml
+
+    from evaluation.configs import resolve_config
+
+    spec = yaml.safe_load(resolve_config(f"pipeline_{dataset}").read_text())
+    assert [s["config"] for s in spec["pipeline"]] == [f"classifier_{dataset}.yaml", f"surrogate_{dataset}.yaml",
+                                                       f"salvage_{dataset}.yaml"]
+    assert spec["pipeline"][1]["overrides"] == {"model.init_args.classifier_ckpt": "{classifier}"}
+    assert spec["pipeline"][2]["overrides"] == {"model.init_args.surrogate_ckpt": "{surrogate}"}
+
+
+def test_a_pipeline_stops_at_its_first_stage_with_the_dataset_root_message(tmp_path):
+    with pytest.raises(SystemExit, match="not found under root="):
+        train.main(["--config", "pipeline_pet", "--run_root", str(tmp_path), "--wandb", "false",
+                    "--model.init_args.pretrained", "false", "--trainer.accelerator", "cpu",
+                    "--data.init_args.root", str(tmp_path / "nothing")])
