@@ -33,7 +33,7 @@ from datamodules import CueConfig, SyntheticScenes  # noqa: E402
 from evaluation import discover  # noqa: E402
 from explainers import get  # noqa: E402
 from models import load_checkpoint, load_stage  # noqa: E402
-from rcsb.method import make_region  # noqa: E402
+from explainers.regions import make_region  # noqa: E402
 from rcsb.realism import ClassifierFeatures, RealismUnavailable, frechet_distance, lpips_distance  # noqa: E402
 
 

@@ -112,9 +112,10 @@ class HueShift:
 
     def __call__(self, images: Tensor, x: float | Tensor) -> Tensor:
         hsv = rgb_to_hsv(images)
-        turn = _per_image(x, images) * self.shift * self.mask.to(images.device, images.dtype)
-        hue = torch.remainder(hsv[:, 0:1] + turn, 1.0)
-        return hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], 1))
+        mask = self.mask.to(images.device, images.dtype)
+        hue = torch.remainder(hsv[:, 0:1] + _per_image(x, images) * self.shift * mask, 1.0)
+        shifted = hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], 1))
+        return torch.lerp(images, shifted, mask.expand_as(images))  # exactly the image outside the mask
 
 
 class CueStrength:
@@ -146,8 +147,10 @@ class PrecomputedSequence:
             raise ValueError(f"frames must have shape (B, N, 3, H, W), got {tuple(frames.shape)}")
         self.frames = frames
         self.x = torch.linspace(0, 1, frames.shape[1]) if x is None else torch.as_tensor(x, dtype=torch.float32)
-        if self.x.shape != (frames.shape[1],) or frames.shape[1] < 2 or not bool((self.x.diff() > 0).all()):
-            raise ValueError("x must be a strictly increasing (N,) grid with N >= 2 matching the frames")
+        if self.x.shape != (frames.shape[1],):
+            raise ValueError(f"{self.x.numel()} x values for {frames.shape[1]} frames per image; give one x per frame")
+        if frames.shape[1] < 2 or not bool((self.x.diff() > 0).all()):
+            raise ValueError("a sequence needs N >= 2 frames with strictly increasing x values")
         self.num_steps = frames.shape[1]
 
     def __call__(self, images: Tensor, x: float | Tensor) -> Tensor:

@@ -8,20 +8,31 @@ from torch import Tensor, nn
 
 from explainers.protocol import Explanation, explainer
 from interventions.gradual import gradual_intervention_test
+from explainers.regions import make_region
 from interventions.properties import get_property
 
 
 @explainer("intervention", access="black")
 def intervention_test(
     model: nn.Module, images: Tensor, target: Tensor, batch: dict[str, Any] | None = None, dataset: Any = None,
-    *, property: str, num_steps: int | None = None, num_permutations: int = 1000, delta: float = 0.01,
-    plus_one: bool = False, seed: int = 0, frames: int = 5, batch_size: int = 256,
+    *, property: str, region: str | None = None, area: float = 0.3, num_steps: int | None = None,
+    num_permutations: int = 1000, delta: float = 0.01, plus_one: bool = False, seed: int = 0, frames: int = 5,
+    batch_size: int = 256,
 ) -> Explanation:
-    """Gradual interventions (Algorithm 1): the target probability along a property, S = E_x|dF/dx|, p-value, flips."""
-    factory = get_property(property)
-    index = torch.as_tensor((batch or {}).get("index", torch.arange(images.shape[0])))
+    """Gradual interventions (Algorithm 1): the target probability along a property, S = E_x|dF/dx|, p-value, flips.
+
+    `property` is a name of `interventions.properties` or frames:PATH; `region` (a mask file, "truth" or
+    "auto:METHOD" with `area`, see `explainers.regions.make_region`) restricts the image properties to a region."""
     try:
-        edit = factory({**(batch or {}), "image": images, "index": index}, dataset)
+        factory = get_property(property)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    index = torch.as_tensor((batch or {}).get("index", torch.arange(images.shape[0])))
+    context = {**(batch or {}), "image": images, "index": index}
+    if region is not None:
+        context["region"] = make_region(region, model, images, target, batch, area)
+    try:
+        edit = factory(context, dataset)
     except (KeyError, AttributeError, TypeError) as err:
         raise ValueError(
             f"property {property!r} needs what these images do not have ({err}): ground-truth masks or a synthetic "

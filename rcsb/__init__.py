@@ -6,7 +6,7 @@
 * :mod:`rcsb.checkpoints`: loading NVlabs' released I2SB checkpoints.
 * :mod:`rcsb.guidance`: the RCSB sampler (classifier guidance with Tweedie, ADAM stabilisation, adaptive
   normalisation, trajectory truncation; the image kept exactly outside the region).
-* :mod:`rcsb.regions`: regions from attribution maps (top c x c cells), mask files, and the training masks.
+* :mod:`rcsb.regions`: the bridge's training masks (regions at explanation time: :mod:`explainers.regions`).
 * :mod:`rcsb.stage`: the "bridge" stage (I2SB inpainting training with EMA weights).
 * :mod:`rcsb.method`: the "rcsb" explanation method (needs a bridge checkpoint).
 """
@@ -24,20 +24,11 @@ from rcsb.bridge import (
 )
 from rcsb.checkpoints import extract_i2sb_state_dict, load_i2sb_weights
 from rcsb.callback import RCSBCallback
-from rcsb.method import make_region, rcsb_explain
+from rcsb.method import rcsb_explain
 from rcsb.stage import PRESETS, BridgeModule, build_network
 from rcsb.guidance import AdamStabilizer, adaptive_normalise, from_bridge, rcsb_sample, to_bridge
 from rcsb.network import ADM256_CONFIG, TINY_CONFIG, ADMUNet, adm256, adm_tiny, timestep_embedding
-from rcsb.regions import (
-    MASK_FAMILIES,
-    box_mask,
-    cell_region,
-    default_cell_size,
-    freeform_mask,
-    mask_file_region,
-    random_cell_mask,
-    training_masks,
-)
+from rcsb.regions import MASK_FAMILIES, box_mask, freeform_mask, random_cell_mask, training_masks
 
 __all__ = [
     "RCSBCallback",
@@ -55,8 +46,6 @@ __all__ = [
     "box_mask",
     "bridge_sample",
     "build_network",
-    "cell_region",
-    "default_cell_size",
     "extract_i2sb_state_dict",
     "freeform_mask",
     "from_bridge",
@@ -64,8 +53,6 @@ __all__ = [
     "inpainting_x1",
     "load_i2sb_weights",
     "make_betas",
-    "make_region",
-    "mask_file_region",
     "p_posterior",
     "predict_x0",
     "q_sample",

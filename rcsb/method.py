@@ -10,63 +10,17 @@ should be classified as (give it explicitly: the protocol's default target is th
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from explainers.protocol import Explanation, explainer, get
+from explainers.protocol import Explanation, explainer
 from rcsb.guidance import rcsb_sample
-from rcsb.regions import cell_region, mask_file_region
+from explainers.regions import make_region
 
-__all__ = ["make_region", "rcsb_explain"]
-
-
-def make_region(spec: Union[str, Tensor], model: nn.Module, images: Tensor, predicted: Tensor,
-                batch: Optional[Mapping[str, Any]] = None, area: float = 0.3, cells: Optional[int] = None) -> Tensor:
-    """The (B, 1, H, W) bool region named by ``spec``: "auto:METHOD", "truth", a mask file path, or given as a
-    (B or 1, 1, H, W) tensor (nonzero = region)."""
-    b, _, h, w = images.shape
-    if isinstance(spec, Tensor):
-        if spec.ndim != 4 or spec.shape[1] != 1 or spec.shape[0] not in (1, b) or tuple(spec.shape[-2:]) != (h, w):
-            raise ValueError(f"a region tensor must be (B or 1, 1, {h}, {w}), got {tuple(spec.shape)}")
-        region = (spec != 0).to(images.device).expand(b, 1, h, w)
-        spec = "given as a tensor"
-    elif not isinstance(spec, str) or not spec:
-        raise ValueError(f"region must be 'auto:METHOD', 'truth' or a mask file path, got {spec!r}")
-    elif spec.startswith("auto:"):
-        name = spec[len("auto:"):]
-        if name == "rcsb":
-            raise ValueError("region 'auto:rcsb' would call RCSB recursively; name an attribution method, "
-                             "e.g. auto:occlusion")
-        try:
-            method = get(name)
-        except KeyError as err:
-            raise ValueError(f"region {spec!r}: {err.args[0]}") from None
-        maps = method(model, images, predicted).maps
-        if maps is None:
-            raise ValueError(f"region {spec!r}: method {name!r} returns no attribution maps; pick one that does")
-        region = cell_region(maps.to(images.device), (h, w), cells, area)
-    elif spec == "truth":
-        if batch is None or batch.get("mask") is None:
-            raise ValueError("region 'truth' needs the data's ground-truth masks (batch['mask']); this data has none. "
-                             "Use 'auto:METHOD' or a mask file instead")
-        region = torch.as_tensor(batch["mask"]).to(images.device)
-        if region.ndim == 3:
-            region = region[:, None]
-        if region.shape != (b, 1, h, w):
-            raise ValueError(f"batch['mask'] has shape {tuple(region.shape)}, expected ({b}, 1, {h}, {w})")
-        region = region != 0
-    else:
-        if not os.path.isfile(spec):
-            raise ValueError(f"region {spec!r} is neither 'auto:METHOD', 'truth' nor an existing mask file")
-        region = mask_file_region(spec, (h, w)).to(images.device).expand(b, 1, h, w)
-    empty = (~region.flatten(1).any(1)).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"region {spec!r} is empty for image(s) {empty}: there is nothing the counterfactual may change")
-    return region
+__all__ = ["rcsb_explain"]
 
 
 @explainer("rcsb", access="white", needs=("bridge",))

@@ -1,134 +1,24 @@
-"""Regions for RCSB: where a counterfactual may change the image, as pixel masks (B, 1, H, W) bool.
+"""The masks RCSB's bridge trains on (regions at explanation time are `explainers.regions`).
 
-* :func:`cell_region`: RCSB's automated region extraction: |attribution| summed in c x c cells, the top cells kept
-  until they cover a fraction ``area`` of the image (never less than one cell).
-* :func:`mask_file_region`: a user-drawn mask file (nonzero pixels = region).
 * :func:`training_masks`: the inpainting masks the bridge trains on: free-form strokes over 10-20 % and 20-30 % of
   the image, a centre box, and attribution-shaped cell regions (top cells of a random smooth map, area 0.05-0.3).
 """
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from typing import Any, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "MASK_FAMILIES",
-    "box_mask",
-    "cell_region",
-    "default_cell_size",
-    "freeform_mask",
-    "mask_file_region",
-    "random_cell_mask",
-    "training_masks",
-]
+from explainers.regions import Size, _hw, cell_region
 
-Size = Union[int, Sequence[int]]
+__all__ = ["MASK_FAMILIES", "box_mask", "freeform_mask", "random_cell_mask", "training_masks"]
 
 #: The training mask families, drawn uniformly per image by :func:`training_masks`.
 MASK_FAMILIES = ("freeform1020", "freeform2030", "center", "cells")
-
-
-def _hw(size: Size) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        h = w = int(size)
-    else:
-        try:
-            h, w = (int(s) for s in size)
-        except (TypeError, ValueError):
-            raise ValueError(f"size must be an int or (height, width), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {(h, w)}")
-    return h, w
-
-
-def default_cell_size(size: Size) -> int:
-    """RCSB's cell size c = image size / 16 (16 px cells at 256 px, 4 px at 64 px), at least 1; when that does not
-    divide the image into whole cells, the largest smaller side that does."""
-    h, w = _hw(size)
-    c = max(1, min(h, w) // 16)
-    while h % c or w % c:
-        c -= 1
-    return c
-
-
-def cell_region(maps: Tensor, image_size: Size, cells: Optional[int] = None, area: float = 0.3) -> Tensor:
-    """RCSB automated region: the top c x c cells of |maps| covering a fraction ``area`` of the image.
-
-    Args:
-        maps: (B, h, w) attribution maps of one class (pixel or patch-grid resolution; (B, 1, h, w) is accepted).
-            Their absolute values count; maps not at the image size are upsampled (nearest) first.
-        image_size: H (square) or (H, W) of the images.
-        cells: the cell side c in pixels; default image_size / 16 (:func:`default_cell_size`). H and W must be
-            multiples of c.
-        area: the fraction a of the image the region covers: the k = ceil(a * n_cells) highest cells are kept
-            (the fewest cells reaching a), at least one.
-
-    Returns:
-        (B, 1, H, W) bool pixel masks. Ties between equal cells go to the earlier cell in row-major order.
-    """
-    h, w = _hw(image_size)
-    if maps.ndim == 4 and maps.shape[1] == 1:
-        maps = maps[:, 0]
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (B, h, w) (one class), got shape {tuple(maps.shape)}")
-    if not bool(torch.isfinite(maps).all()):
-        raise ValueError("the attribution maps hold NaN or infinite values; no region can be extracted from them")
-    if not 0.0 < float(area) <= 1.0:
-        raise ValueError(f"area must be a fraction in (0, 1], got {area}")
-    c = default_cell_size((h, w)) if cells is None else cells
-    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
-        raise ValueError(f"cells (the cell side in pixels) must be a positive int, got {cells!r}")
-    c = int(c)
-    if h % c or w % c:
-        raise ValueError(f"cells={c} does not divide the {h}x{w} image into whole cells; use a divisor of {h} and {w}")
-    a = maps.detach().float().abs()
-    if tuple(a.shape[-2:]) != (h, w):
-        a = F.interpolate(a[:, None], size=(h, w), mode="nearest")[:, 0]
-    gh, gw = h // c, w // c
-    scores = a.reshape(a.shape[0], gh, c, gw, c).sum((2, 4)).flatten(1)  # (B, n_cells)
-    n = gh * gw
-    k = min(n, max(1, math.ceil(float(area) * n - 1e-9)))  # 1e-9: 0.3 * 10 is 3.0000000000000004
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True).view(-1, 1, gh, gw)
-    return keep.repeat_interleave(c, dim=2).repeat_interleave(c, dim=3)
-
-
-def mask_file_region(path: Union[str, os.PathLike], size: Size) -> Tensor:
-    """A region drawn by the user: an image file (PNG) whose nonzero pixels are the region, as (1, 1, H, W) bool.
-
-    Colour files count a pixel when any colour channel is nonzero (alpha is ignored). Raises FileNotFoundError for
-    a missing file and ValueError for an unreadable file, a size other than the images' or an empty region.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    h, w = _hw(size)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"region mask file not found: {path!r}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("1", "L", "I", "I;16", "F"):
-                arr = np.asarray(img) != 0
-            else:
-                arr = (np.asarray(img.convert("RGB")) != 0).any(-1)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read region mask file {path!r}: {err}") from None
-    if arr.shape != (h, w):
-        raise ValueError(
-            f"region mask file {path!r} is {arr.shape[1]}x{arr.shape[0]} (width x height) but the images are "
-            f"{w}x{h}; draw the mask at the image size"
-        )
-    if not arr.any():
-        raise ValueError(f"region mask file {path!r} marks no pixel (all zero); nonzero pixels are the region to change")
-    return torch.from_numpy(arr.copy()).view(1, 1, h, w)
 
 
 # --------------------------------------------------------------------------- training masks

@@ -121,6 +121,24 @@ def test_explain_intervention_on_a_split(ckpt, tmp_path):
         assert np.load(out / rec["files"]["npz"])["curve"].shape == (10,)
 
 
+def test_intervention_on_your_own_images_globally_and_in_a_region(ckpt, image_files, tmp_path):
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255
+    Image.fromarray(mask).save(tmp_path / "region.png")
+    common = ["--ckpt", ckpt, "--images", *image_files, "--method", "intervention", "--option",
+              "intervention.num_steps=8", "--option", "intervention.num_permutations=20"]
+    whole = explain.main([*common, "--property", "brightness", "--out", str(tmp_path / "a")])
+    inside = explain.main([*common, "--property", "brightness", "--region", str(tmp_path / "region.png"),
+                           "--out", str(tmp_path / "b")])
+    assert len(whole) == len(inside) == 2 and all(set(r["metrics"]) == {"S", "p", "flips"} for r in whole + inside)
+    strip = np.load(tmp_path / "b" / inside[0]["files"]["npz"])
+    assert strip["curve"].shape == (8,)
+    Image.fromarray(np.zeros((20, 20), np.uint8) + 255).save(tmp_path / "small.png")
+    with pytest.raises(SystemExit, match="region mask file .*small.png.* is 20x20 .* but the images are 32x32"):
+        explain.main([*common, "--property", "contrast", "--region", str(tmp_path / "small.png"),
+                      "--out", str(tmp_path / "c")])
+
+
 def test_explain_refuses_with_clear_messages(ckpt, image_files, tmp_path):
     base = ["--ckpt", ckpt, "--images", *image_files, "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit, match="unknown method 'nope'; available: .*gradcam.*rex"):

@@ -2,6 +2,7 @@
 import colorsys
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from torchvision.io import write_png
@@ -130,3 +131,41 @@ def test_load_sequences_formats(tmp_path):
     assert torch.equal(load_sequences(tmp_path / "seq.pt").frames, expected)
     assert torch.equal(load_sequences(tmp_path / "frames").frames, expected)
     assert torch.equal(npz(torch.zeros(2, 3, 4, 4), 0.25), expected[:, 1])
+
+
+def test_image_properties_act_on_the_whole_image_or_only_the_region():
+    from interventions.properties import get_property
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 16, 16, generator=g)
+    region = torch.zeros(2, 1, 16, 16)
+    region[:, :, :8] = 1
+    for name in ("brightness", "contrast", "saturation", "hue", "blur", "noise"):
+        whole = get_property(name)({"image": images}, None)
+        assert torch.allclose(whole(images, 0.0), images, atol=1e-5), name  # x = 0 leaves the image as is
+        assert not torch.allclose(whole(images, 1.0), images, atol=1e-3), name
+        inside = get_property(name)({"image": images, "region": region}, None)(images, 1.0)
+        assert torch.equal(inside[:, :, 8:], images[:, :, 8:]), name  # nothing changes outside the region
+    assert torch.allclose(get_property("brightness")({"image": images}, None)(images, 1.0), torch.zeros_like(images))
+    grey = get_property("saturation")({"image": images}, None)(images, 1.0)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    half = get_property("contrast")({"image": images}, None)(images, 0.5)
+    assert torch.allclose(half, 0.5 * images + 0.5 * images.mean((2, 3), keepdim=True), atol=1e-6)
+
+
+def test_frames_property_and_its_clear_errors(tmp_path):
+    from interventions.properties import get_property
+
+    frames = torch.rand(2, 4, 3, 8, 8)
+    np.savez(tmp_path / "seq.npz", frames=frames.numpy(), x=np.array([0.0, 0.2, 0.7, 1.0]))
+    edit = get_property(f"frames:{tmp_path / 'seq.npz'}")({"image": torch.rand(2, 3, 8, 8)}, None)
+    assert edit.num_steps == 4 and torch.allclose(edit(torch.rand(2, 3, 8, 8), 0.7), frames[:, 2])
+    with pytest.raises(ValueError, match="sequences .* are 2 x 4 frames of 8x8 px, but the batch is 3 images"):
+        get_property(f"frames:{tmp_path / 'seq.npz'}")({"image": torch.rand(3, 3, 8, 8)}, None)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "x.txt").write_text("0\n0.5\n")
+    with pytest.raises(ValueError, match="2 x values for 3 frames per image"):
+        get_property(f"frames:{folder}")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rcsb import box_mask, cell_region, default_cell_size, freeform_mask, mask_file_region, training_masks
+from explainers.regions import cell_region, default_cell_size, mask_file_region
+from rcsb import box_mask, freeform_mask, training_masks
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
