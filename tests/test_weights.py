@@ -130,3 +130,12 @@ def test_a_pipeline_stops_at_its_first_stage_with_the_dataset_root_message(tmp_p
         train.main(["--config", "pipeline_pet", "--run_root", str(tmp_path), "--wandb", "false",
                     "--model.init_args.pretrained", "false", "--trainer.accelerator", "cpu",
                     "--data.init_args.root", str(tmp_path / "nothing")])
+
+
+@pytest.mark.parametrize("config", ["bridge_pet", "bridge_imagenette", "pipeline_pet"])
+def test_real_data_configs_parse(config, capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--config", config, "--print_config"])
+    assert info.value.code in (0, None)
+    if config.startswith("bridge"):
+        assert "rcsb.BridgeModule" in capsys.readouterr().out
