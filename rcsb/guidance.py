@@ -200,8 +200,16 @@ def rcsb_sample(
 
     with torch.enable_grad():
         for prev, step in zip(reversed(steps[:-1]), reversed(steps[1:])):
-            x_t = x.detach().requires_grad_(True)
+            x_t = x.detach().requires_grad_(scale > 0)
             t_in = schedule.time_input(step, b).to(x_t.device)
+            if scale == 0:  # the unguided control: the bridge's inpainting alone, no classifier call
+                with torch.no_grad():
+                    x0_hat = predict_x0(schedule, x_t, step, bridge_net(x_t, t_in))
+                if on_step is not None:
+                    zero = torch.zeros_like(x_t)
+                    on_step(step, prev, x_t, x0_hat, zero, zero)
+                x = torch.where(region, p_posterior(schedule, prev, step, x_t, x0_hat), x_start)
+                continue
             if tweedie:
                 x0_hat = predict_x0(schedule, x_t, step, bridge_net(x_t, t_in))
                 seen = x0_hat

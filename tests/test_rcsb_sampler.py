@@ -160,3 +160,18 @@ def test_adaptive_normalise_uses_the_first_update_norm_per_image():
     torch.testing.assert_close(out2, later / norm.view(2, 1, 1, 1))
     zero, znorm = adaptive_normalise(torch.zeros(1, 3, 2, 2))  # a vanished first update is not divided by zero
     assert torch.equal(znorm, torch.ones(1)) and torch.isfinite(zero).all()
+
+
+def test_the_unguided_control_never_calls_the_classifier_and_equals_a_vanishing_scale(setup):
+    net, sched, clf, images, region = setup
+
+    class Refuses(nn.Module):
+        def forward(self, x):
+            raise AssertionError("the s = 0 control must not query the classifier")
+
+    opts = dict(nfe=3, start=300, adam=False, normalise=False)
+    control = rcsb_sample(net, sched, Refuses(), images, region, 1, scale=0.0,
+                          generator=torch.Generator().manual_seed(0), **opts)
+    tiny = rcsb_sample(net, sched, clf, images, region, 1, scale=1e-12, generator=torch.Generator().manual_seed(0),
+                       **opts)
+    assert torch.allclose(control, tiny, atol=1e-6)
