@@ -172,7 +172,8 @@ def occlusion(model: nn.Module, images: Tensor, target: Tensor, chunk: int = 64)
 
 
 def _cam_layer(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None]:
-    """Target layer for grad-cam and the reshape transform it needs: a ViT's last norm1, tokens -> (B, D, gh, gw)."""
+    """Target layer for grad-cam and the reshape transform it needs: a ViT's last norm1 (tokens -> (B, D, gh, gw)),
+    the model's own `cam_layer`, a timm CNN's last feature stage, else the last Conv2d."""
     backbone = getattr(model, "backbone", model)
     if getattr(model, "is_vit", False):
         prefix, (gh, gw) = model.num_prefix_tokens, model.patch_grid
@@ -181,14 +182,20 @@ def _cam_layer(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor] 
             return tokens[:, prefix:].reshape(tokens.shape[0], gh, gw, -1).permute(0, 3, 1, 2)
 
         return backbone.blocks[-1].norm1, reshape
+    layer = getattr(model, "cam_layer", None)
+    if isinstance(layer, nn.Module):
+        return layer, None
     info = getattr(backbone, "feature_info", None)
-    if info is None:
+    if info is not None:
+        name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+        return backbone.get_submodule(name), None
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
         raise ValueError(
-            f"grad-cam needs a target layer, but {type(backbone).__name__} is neither one of this project's ViTs nor a "
-            "timm CNN with feature_info; wrap the model in models.MaskableClassifier"
+            f"grad-cam needs a target layer, but {type(backbone).__name__} is neither one of this project's ViTs, a "
+            "timm CNN with feature_info nor a model with a Conv2d; give the model a `cam_layer` attribute (the module)"
         )
-    name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
-    return backbone.get_submodule(name), None
+    return convs[-1], None
 
 
 def _grad_cam(cam_class: type, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:

@@ -117,3 +117,24 @@ def test_non_additive_game_distance_to_exact_logit_shapley_values(capsys):
         print(f"\nnon-additive game: max |phi - exact| after centring = {gap.max():.3f} "
               f"(interacting patches {gap[:2].max():.3f}, others {gap[2:].max():.3f})")
     assert gap[2:].max() < 0.3 and gap.max() < 0.5
+
+
+def test_exhaustive_shapley_values_equal_the_permutation_formula_and_are_efficient():
+    import itertools
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(16, 2, generator=g, dtype=torch.float64)  # a random 4-player game with two outputs
+    brute = torch.zeros(4, 2, dtype=torch.float64)
+    orders = list(itertools.permutations(range(4)))
+    for order in orders:  # Shapley value = mean marginal contribution over all orderings
+        coalition = 0
+        for player in order:
+            brute[player] += values[coalition | 1 << player] - values[coalition]
+            coalition |= 1 << player
+    brute /= len(orders)
+    exact = exact_shapley_values(values)
+    assert torch.allclose(exact, brute, atol=1e-12)
+    assert torch.allclose(exact.sum(0), values[-1] - values[0], atol=1e-12)  # efficiency
+    weights = torch.linspace(-1, 1, 16, dtype=torch.float64)  # 16 players (2^16 coalitions): additive game
+    additive = (all_subsets(16).double() * weights).sum(-1) + 0.3
+    assert torch.allclose(exact_shapley_values(additive), weights, atol=1e-9)
