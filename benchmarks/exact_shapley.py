@@ -34,13 +34,28 @@ METRICS = ("pearson", "spearman", "top4", "rel_l2")
 
 
 def coalition_values(surrogate: torch.nn.Module, image: torch.Tensor, batch: int) -> torch.Tensor:
-    """Log-probabilities (2^n, C) of the surrogate on every coalition of the image's patches (all_subsets order)."""
-    n = surrogate.num_patches
+    """Log-probabilities (2^n, C) of the surrogate on every coalition of the image's patches (all_subsets order).
+
+    The patch tokens do not depend on the coalition (a masked ViT only drops keys in attention), so they are computed
+    once and only the transformer blocks run per coalition: the same numbers as `surrogate(image, mask)`, about
+    twice as fast; the first chunk is checked against the plain call."""
+    bb, n = surrogate.backbone, surrogate.num_patches
     subsets = all_subsets(n)
     out = []
     with torch.no_grad():
-        for chunk in subsets.split(batch):
-            out.append(surrogate(image.expand(len(chunk), -1, -1, -1), chunk).double().log_softmax(-1))
+        x = (image - surrogate.mean) / surrogate.std
+        tokens = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(x))))
+        prefix = torch.ones(1, surrogate.num_prefix_tokens, dtype=torch.bool)
+        for k, chunk in enumerate(subsets.split(batch)):
+            keys = torch.cat([prefix.expand(len(chunk), -1), chunk], 1)[:, None, None, :]
+            h = tokens.expand(len(chunk), -1, -1)
+            for blk in bb.blocks:
+                h = blk(h, attn_mask=keys)
+            logits = bb.forward_head(bb.norm(h))
+            if k == 0:
+                plain = surrogate(image.expand(16, -1, -1, -1), chunk[:16])
+                assert torch.allclose(logits[:16], plain, atol=1e-4), "shared-token shortcut differs from the model"
+            out.append(logits.double().log_softmax(-1))
     return torch.cat(out)
 
 
