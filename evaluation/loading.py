@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from datamodules.transforms import RESIZE_RATIO
-from evaluation import outside
+from evaluation.outside import factory_model, is_outside_spec, program_model, read_classes, timm_model
 from evaluation.discovery import discover
 from evaluation.loaded import LoadedModels
 from models.stages import available_stages, load_stage
@@ -36,13 +36,13 @@ def load_models(path: str | Path, img_size: int | None = None, grid: int = 8,
     a file of class names, one per line."""
     discover()
     spec, path = str(path), Path(path)
-    if outside.is_outside_spec(spec):
-        loaded = (outside.timm_model(spec[5:], img_size, grid, weights) if spec.startswith("timm:")
-                  else outside.factory_model(spec, img_size, grid))
+    if is_outside_spec(spec):
+        loaded = (timm_model(spec[5:], img_size, grid, weights) if spec.startswith("timm:")
+                  else factory_model(spec, img_size, grid))
     elif not path.is_file():
         raise SystemExit(f"error: checkpoint not found: {spec!r}")
     elif is_torchscript(path) or path.suffix == ".pt2":
-        loaded = outside.program_model(path, img_size, grid)
+        loaded = program_model(path, img_size, grid)
     else:
         module = _stage(path)
         hp = module.hparams
@@ -59,7 +59,7 @@ def load_models(path: str | Path, img_size: int | None = None, grid: int = 8,
         loaded.models.update({k: v for k, v in _provides(module, extra_path).items() if k != "classifier"})
         loaded.modules.append(module)
     if classes is not None:
-        loaded.class_names = outside.read_classes(classes)
+        loaded.class_names = read_classes(classes)
     return loaded
 
 
