@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from explainers.protocol import Explanation, explainer
-from rcsb.guidance import rcsb_sample
 from explainers.regions import make_region
+from rcsb.guidance import rcsb_sample
+from rcsb.stage import BridgeModule
 
 __all__ = ["rcsb_explain"]
 
@@ -59,9 +60,10 @@ def rcsb_explain(
     if bad:
         raise ValueError(f"target class {int(target[bad[0]])} is out of range: the classifier has {n_classes} classes "
                          f"(0..{n_classes - 1})")
-    hparams = getattr(bridge, "hparams", None)
-    size = hparams.get("image_size") if isinstance(hparams, Mapping) else None
-    if size is not None and tuple(images.shape[-2:]) != (size, size):
+    if not isinstance(bridge, BridgeModule):
+        raise TypeError(f"rcsb needs the bridge stage (rcsb.BridgeModule, a bridge checkpoint), got {type(bridge).__name__}")
+    size = bridge.hparams["image_size"]
+    if tuple(images.shape[-2:]) != (size, size):
         raise ValueError(f"the bridge was trained on {size}x{size} images but the images are "
                          f"{images.shape[-2]}x{images.shape[-1]}; explain at the bridge's image size")
     predicted = probs.argmax(1)
@@ -69,10 +71,8 @@ def rcsb_explain(
 
     device = images.device
     generator = torch.Generator(device=device).manual_seed(int(seed))
-    schedule = bridge.schedule_on(device) if hasattr(bridge, "schedule_on") else bridge.schedule
-    net = bridge.denoiser() if hasattr(bridge, "denoiser") else bridge
     counterfactual = rcsb_sample(
-        net, schedule, model, images, mask, target, nfe=nfe, start=start, scale=scale,
+        bridge.denoiser(), bridge.schedule_on(device), model, images, mask, target, nfe=nfe, start=start, scale=scale,
         tweedie=tweedie, adam=adam, normalise=normalise, generator=generator,
     )
 
