@@ -198,6 +198,20 @@ def _cam_layer(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Tensor] 
     return convs[-1], None
 
 
+def _is_vit(model: nn.Module) -> str | None:
+    if getattr(model, "is_vit", False):
+        return None
+    return f"it needs a ViT (attention weights), but the model is a {type(getattr(model, 'backbone', model)).__name__}"
+
+
+def _has_cam_layer(model: nn.Module) -> str | None:
+    try:
+        _cam_layer(model)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def _grad_cam(cam_class: type, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -211,7 +225,7 @@ def _grad_cam(cam_class: type, model: nn.Module, images: Tensor, target: Tensor)
     return torch.as_tensor(maps, device=images.device).float()
 
 
-@explainer("gradcam", access="white")
+@explainer("gradcam", access="white", supports=_has_cam_layer)
 def gradcam(model: nn.Module, images: Tensor, target: Tensor) -> Explanation:
     """Grad-CAM (Selvaraju et al. 2017) on the last block / stage via grad-cam: pixel map (B, H, W) in [0, 1]."""
     from pytorch_grad_cam import GradCAM
@@ -219,7 +233,7 @@ def gradcam(model: nn.Module, images: Tensor, target: Tensor) -> Explanation:
     return Explanation(maps=_grad_cam(GradCAM, model, images, target))
 
 
-@explainer("eigencam", access="grey")
+@explainer("eigencam", access="grey", supports=_has_cam_layer)
 def eigencam(model: nn.Module, images: Tensor, target: Tensor) -> Explanation:
     """Eigen-CAM (Muhammad and Yeasin 2020): first principal component of the last activations, (B, H, W)."""
     from pytorch_grad_cam import EigenCAM
@@ -264,17 +278,13 @@ def rise(
     return Explanation(maps=torch.einsum("bn,nhw->bhw", weights, masks.float()) / (n_masks * p))
 
 
-@explainer("attention_rollout", access="grey")
+@explainer("attention_rollout", access="grey", supports=_is_vit)
 def attention_rollout(
     model: nn.Module, images: Tensor, target: Tensor, head_fusion: str = "mean",
     discard_ratio: float = 0.0,
 ) -> Explanation:
     """Attention rollout (Abnar and Zuidema 2020): product over layers of 0.5 A + 0.5 I (heads fused, rows
     renormalised); the class token's row over the patch tokens (registers dropped): patch map (B, gh, gw)."""
-    if not getattr(model, "is_vit", False):
-        raise ValueError(
-            f"attention_rollout needs a ViT (attention weights), but the model is a {type(getattr(model, 'backbone', model)).__name__}"
-        )
     blocks = model.backbone.blocks
     attentions: list[Tensor] = []
     hooks = [blk.attn.attn_drop.register_forward_hook(lambda m, i, o: attentions.append(o.detach())) for blk in blocks]

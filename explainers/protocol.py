@@ -74,12 +74,14 @@ def model_access(model: nn.Module) -> Access:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its function, the access to the classifier it needs and the stages it uses."""
+    """A registered method: its function, the access to the classifier it needs, the stages it uses, and an
+    optional `supports(model) -> reason or None` that refuses a model the method cannot explain (before any work)."""
 
     name: str
     fn: Callable[..., Explanation]
     access: Access
     needs: tuple[str, ...]
+    supports: Callable[[nn.Module], str | None] | None = None
 
     @property
     def summary(self) -> str:
@@ -102,6 +104,9 @@ class MethodSpec:
         """Refuse a model that grants less access (gradients, internals) than the method needs."""
         have = model_access(model)
         if ACCESS_LEVEL[self.access] <= ACCESS_LEVEL[have]:
+            reason = self.supports(model) if self.supports is not None else None
+            if reason:
+                raise ValueError(f"method {self.name!r} cannot explain this model: {reason}")
             return
         usable = [n for n in available() if ACCESS_LEVEL[get(n).access] <= ACCESS_LEVEL[have]]
         raise ValueError(
@@ -167,16 +172,18 @@ def default_target(model: nn.Module, images: Tensor, target: Tensor | int | None
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def explainer(name: str, access: Access = "black", needs: tuple[str, ...] = ()) -> Callable:
+def explainer(name: str, access: Access = "black", needs: tuple[str, ...] = (),
+              supports: Callable[[nn.Module], str | None] | None = None) -> Callable:
     """Decorator: register `fn(model, images, target, [stage models], [batch], [dataset], **options) -> Explanation`
-    as method `name`; the registered `MethodSpec` is what the decorator returns."""
+    as method `name`; the registered `MethodSpec` is what the decorator returns. `supports(model)` returns why a
+    model cannot be explained (None when it can); it runs with the access check, before any work."""
     if access not in ACCESS_LEVEL:
         raise ValueError(f"access must be one of {', '.join(ACCESS_LEVEL)}, got {access!r}")
 
     def wrap(fn: Callable[..., Explanation]) -> MethodSpec:
         if name in _REGISTRY:
             raise ValueError(f"explanation method {name!r} is registered twice")
-        spec = MethodSpec(name, fn, access, tuple(s for s in needs if s != "classifier"))
+        spec = MethodSpec(name, fn, access, tuple(s for s in needs if s != "classifier"), supports)
         _REGISTRY[name] = spec
         return spec
 

@@ -111,3 +111,11 @@ def test_a_torch_export_program_is_a_black_box(factory_module, tmp_path):
     direct = load_models(f"{factory_module}:make").classifier
     assert records[0]["predicted"] == int(direct(image).argmax())
     assert records[0]["confidence"] == pytest.approx(float(direct(image).softmax(1).max()), abs=1e-5)
+
+
+def test_a_method_that_cannot_explain_the_model_is_refused_before_any_work(factory_module, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="'attention_rollout' cannot explain this model: it needs a ViT"):
+        explain.main(["--model", f"{factory_module}:make", "--method", "occlusion,attention_rollout",
+                      "--images", _image(tmp_path), "--out", str(out)])
+    assert not out.exists() or not any(out.iterdir())
