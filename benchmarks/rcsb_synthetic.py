@@ -114,6 +114,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--nfe", type=int, default=100)
     p.add_argument("--experiments", default="speed,flip,ablation,bias")
+    p.add_argument("--bias-scales", default="1.5,0", help="guidance scales of the bias check (0 = the control)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rcsb_synthetic.md")
     args = p.parse_args()
@@ -195,7 +196,7 @@ def main() -> None:
         for name, ckpt in (("biased (cue on every class-0 training image)", args.biased),
                            ("unbiased (cue independent of the class)", args.unbiased)):
             model = load_stage(ckpt, expect="classifier").model.eval().requires_grad_(False)
-            for scale in (1.5, 0.0):
+            for scale in (float(v) for v in args.bias_scales.split(",")):
                 row = runner.run(model, cue_data, regions, cue_targets, scale=scale)
                 lines.append(f"| {name} | {scale} " + fmt(row, COLUMNS))
                 print(lines[-1], flush=True)

@@ -9,6 +9,8 @@ Removed pixels take the model's mask value (`models.masking`).
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable
 
 import torch
@@ -212,6 +214,10 @@ def _has_cam_layer(model: nn.Module) -> str | None:
     return None
 
 
+#: Largest activation map (H x W positions) EigenCAM is run on: 64 x 64 (a 64 MiB SVD matrix per image).
+EIGENCAM_MAX_POSITIONS = 4096
+
+
 def _grad_cam(cam_class: type, model: nn.Module, images: Tensor, target: Tensor) -> Tensor:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -238,6 +244,16 @@ def eigencam(model: nn.Module, images: Tensor, target: Tensor) -> Explanation:
     """Eigen-CAM (Muhammad and Yeasin 2020): first principal component of the last activations, (B, H, W)."""
     from pytorch_grad_cam import EigenCAM
 
+    layer, reshape = _cam_layer(model)
+    shapes: list[tuple[int, ...]] = []
+    hook = layer.register_forward_hook(lambda m, i, out: shapes.append(tuple(out.shape)))
+    with torch.no_grad():
+        model(images[:1])
+    hook.remove()
+    positions = shapes[0][1] if reshape is not None else math.prod(shapes[0][2:])
+    if positions > EIGENCAM_MAX_POSITIONS:  # grad-cam's full SVD holds a (positions x positions) matrix per image
+        raise ValueError(f"eigencam: the target layer has {positions} spatial positions; grad-cam's SVD would need "
+                         f"{positions ** 2 * 4 / 2**30:.0f} GiB per image. Give the model a coarser `cam_layer`")
     with torch.no_grad():
         return Explanation(maps=_grad_cam(EigenCAM, model, images, target))
 

@@ -116,3 +116,9 @@ def test_black_box_model_refuses_gradient_and_internal_methods():
     with pytest.raises(ValueError, match="grey-box method"):
         explainers.get("eigencam").check_access(model)
     assert explainers.get("occlusion")(model, images).maps.shape == (1, 2, 2)
+
+
+def test_eigencam_refuses_a_full_resolution_layer_instead_of_exhausting_memory():
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match="9216 spatial positions"):
+        explainers.get("eigencam")(model, torch.rand(1, 3, 96, 96), torch.tensor([0]))
