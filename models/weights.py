@@ -38,7 +38,7 @@ def _offline() -> bool:
 
 def _from_hub(name: str, repo: str, filenames: tuple[str, ...]) -> str:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     for filename in filenames:
         cached = try_to_load_from_cache(repo, filename)
@@ -50,6 +50,8 @@ def _from_hub(name: str, repo: str, filenames: tuple[str, ...]) -> str:
     for filename in filenames:
         try:
             return hf_hub_download(repo, filename, etag_timeout=10)
+        except LocalEntryNotFoundError as err:  # no connection and no cached copy (a subclass of the next one)
+            raise WeightsUnavailable(name, source, f"no network? {str(err).splitlines()[0][:200]}") from None
         except EntryNotFoundError:
             continue
         except Exception as err:  # any network failure ends here: no retries, one message

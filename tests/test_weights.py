@@ -139,3 +139,17 @@ def test_real_data_configs_parse(config, capsys):
     assert info.value.code in (0, None)
     if config.startswith("bridge"):
         assert "rcsb.BridgeModule" in capsys.readouterr().out
+
+
+def test_the_hub_s_own_offline_error_is_reported_as_no_network_not_as_a_missing_file(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(WeightsUnavailable, match="no network\\? An error happened"):
+        ClassifierModule(backbone="vit_tiny_patch16_224", num_classes=5, img_size=32, backbone_kwargs=SMALL)
