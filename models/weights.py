@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -36,6 +38,18 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def _unreachable(url: str, timeout: float = 3.0) -> str | None:
+    """Why the host of `url` cannot be reached (DNS or TCP within `timeout` s), None when it can: one quick probe
+    instead of the hub client's retries with back-off (about 40 s on a node without network)."""
+    parts = urlparse(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"no network: cannot reach {host}:{port} ({err})"
+
+
 def _from_hub(name: str, repo: str, filenames: tuple[str, ...]) -> str:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -47,6 +61,11 @@ def _from_hub(name: str, repo: str, filenames: tuple[str, ...]) -> str:
     source = f"Hugging Face Hub '{repo}'"
     if _offline():
         raise WeightsUnavailable(name, source, "HF_HUB_OFFLINE is set")
+    from huggingface_hub import constants
+
+    reason = _unreachable(constants.ENDPOINT)
+    if reason:
+        raise WeightsUnavailable(name, source, reason)
     for filename in filenames:
         try:
             return hf_hub_download(repo, filename, etag_timeout=10)
@@ -65,6 +84,9 @@ def _from_url(name: str, url: str) -> str:
         return str(cached)
     if _offline():
         raise WeightsUnavailable(name, url, "HF_HUB_OFFLINE is set")
+    reason = _unreachable(url)
+    if reason:
+        raise WeightsUnavailable(name, url, reason)
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(cached), progress=True)

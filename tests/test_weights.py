@@ -10,6 +10,7 @@ import torch
 
 import train
 from models import ClassifierModule
+from models import weights
 from models.weights import WeightsUnavailable
 
 SMALL = {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -23,6 +24,7 @@ def _no_network(monkeypatch, cached=None):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, filename, **kw: cached)
+    monkeypatch.setattr(weights, "_unreachable", lambda url, timeout=3.0: None)  # the host answers; the download fails
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
@@ -150,6 +152,21 @@ def test_the_hub_s_own_offline_error_is_reported_as_no_network_not_as_a_missing_
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(weights, "_unreachable", lambda url, timeout=3.0: None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(WeightsUnavailable, match="no network\\? An error happened"):
         ClassifierModule(backbone="vit_tiny_patch16_224", num_classes=5, img_size=32, backbone_kwargs=SMALL)
+
+
+def test_an_unreachable_hub_is_detected_by_one_quick_probe_without_the_client_s_retries(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("no download without network"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens, refused at once
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.time()
+    with pytest.raises(WeightsUnavailable, match="no network: cannot reach 127.0.0.1:9"):
+        ClassifierModule(backbone="vit_tiny_patch16_224", num_classes=5, img_size=32, backbone_kwargs=SMALL)
+    assert time.time() - start < 5
