@@ -101,12 +101,16 @@ def test_explain_data_split_compares_methods_with_ground_truth_metrics(ckpt, tmp
     for rec in records:
         assert rec["target"] == 2 and "label" in rec and _finite(rec)
         assert {"size", "insertion", "deletion", "in", "out", "rra", "rma"} <= set(rec["metrics"])
-        assert all(0 <= rec["metrics"][k] <= 1 for k in ("in", "out", "rra", "rma"))
+        defined = ("rra", "rma") if rec["degenerate"] else ("in", "out", "rra", "rma")  # degenerate: size/IN/OUT null
+        assert all(0 <= rec["metrics"][k] <= 1 for k in defined)
     table = (out / "comparison.md").read_text().splitlines()
     assert table[0].startswith("| method | images | degenerate | size | insertion | deletion | in | out | rra | rma |")
     assert [row.split("|")[1].strip() for row in table[2:]] == ["random", "rise", "saliency"]
-    sizes = [r["metrics"]["size"] for r in records if r["method"] == "random"]
-    assert f"{np.mean(sizes):.3f} ± {np.std(sizes):.3f}" in table[2]
+    random_rows = [r for r in records if r["method"] == "random"]
+    assert table[2].split("|")[3].strip() == str(sum(r["degenerate"] for r in random_rows))
+    sizes = [r["metrics"]["size"] for r in random_rows if not r["degenerate"]]
+    if sizes:
+        assert f"{np.mean(sizes):.3f} ± {np.std(sizes):.3f}" in table[2]
 
 
 def test_explain_intervention_on_a_split(ckpt, tmp_path):
