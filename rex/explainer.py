@@ -38,18 +38,22 @@ class ReXConfig:
     separation: int = 0
     max_batch: int | None = None
     seed: int = 0
+    cache: bool = True
 
 
 @dataclass
 class ReXResult:
     """Maps (B, H, W), explanations (B, 1, H, W) (or (B, k, 1, H, W) with k > 1), whether each was found, the
-    target class and its confidence on the full image."""
+    target class and its confidence on the full image, and per image the search's mutants the model evaluated and
+    those answered from the cache (section 5's search only, not the extraction)."""
 
     maps: Tensor
     explanations: Tensor
     found: Tensor
     target: Tensor
     confidence: Tensor
+    mutants_evaluated: Tensor
+    mutants_answered: Tensor
 
     @property
     def size(self) -> Tensor:
@@ -77,16 +81,18 @@ class ReX:
         target = target.to(images.device).expand(images.shape[0])
         confidence = probs.gather(1, target[:, None])[:, 0]
         generator = torch.Generator().manual_seed(cfg.seed)
+        counts: dict[str, Tensor] = {}
         maps = responsibility_map(
             engine, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
-            cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget,
+            cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget, cfg.cache, counts,
         )
         if cfg.n_explanations > 1:
             ex = multiple_explanations(engine, images, maps, target, cfg.n_explanations, cfg.overlap, cfg.separation,
                                        cfg.min_confidence, cfg.candidates)
         else:
             ex = extract(engine, images, maps, target, None, cfg.min_confidence, cfg.candidates, confidence)
-        return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence)
+        return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
+                         mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"])
 
 
 @explainer("rex", access="black")
@@ -96,4 +102,6 @@ def rex_explain(model: nn.Module, images: Tensor, target: Tensor, min_confidence
     res = ReX(min_confidence=min_confidence, **config).explain(model, images, target)
     first = res.explanations if res.explanations.dim() == 4 else res.explanations[:, 0]
     found = res.found if res.found.dim() == 1 else res.found[:, 0]
-    return Explanation(maps=res.maps, explanation=first, scores={"found": found})
+    scores = {"found": found, "mutants_evaluated": res.mutants_evaluated.float(),
+              "mutants_cached": res.mutants_answered.float()}
+    return Explanation(maps=res.maps, explanation=first, scores=scores)

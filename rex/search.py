@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,8 +62,14 @@ def responsibility_map(
     dist_args: tuple[float, ...] = (),
     confidence_filter: float = 0.0,
     work_budget: int | None = None,
+    cache: bool = True,
+    counts: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """Algorithms 2-3: responsibility maps (B, H, W) averaged over `n_partitions` refined random partitions."""
+    """Algorithms 2-3: responsibility maps (B, H, W) averaged over `n_partitions` refined random partitions.
+
+    With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions and
+    levels, children split to nothing) is answered from the cache, not the model: the maps are identical.
+    `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache."""
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
@@ -82,6 +89,8 @@ def responsibility_map(
         full_pass=full_ok[image_of],
     )
     work = torch.zeros(n_search, dtype=torch.long, device=dev)
+    memo: dict[tuple[int, bytes], bool] = {}
+    answered = torch.zeros(b, dtype=torch.long)
     diff = torch.zeros(b, h + 1, w + 1, dtype=torch.float64, device=dev)
     codes = (MUTANT_SUBSETS | 1 << _HELD).to(dev, torch.uint8)[None, :, None, None]
     n_mut = len(MUTANT_SUBSETS)
@@ -93,10 +102,11 @@ def responsibility_map(
         mutant_pass = []
         for start in range(0, len(children), per_chunk):
             sl = slice(start, start + per_chunk)
-            visible = (codes >> labels[sl, None]) & 1 == 1
+            visible = ((codes >> labels[sl, None]) & 1 == 1).flatten(0, 1)
             img = image_of[tasks.search[sl]].repeat_interleave(n_mut)
-            p = engine.masked_probabilities(images, img, visible.flatten(0, 1))
-            mutant_pass.append(passes(p, target[img], full_confidence[img], confidence_filter).view(-1, n_mut))
+            ok = _cached_passes(engine, images, img, visible, target, full_confidence, confidence_filter,
+                                memo if cache else None, answered)
+            mutant_pass.append(ok.view(-1, n_mut))
         outcomes = subset_outcomes(torch.cat(mutant_pass), tasks.empty_pass, tasks.full_pass)
         resp = responsibility(outcomes, rule)
 
@@ -110,7 +120,34 @@ def responsibility_map(
             go_on &= work[tasks.search] < work_budget
         tasks = _next_tasks(tasks, children, area, outcomes, go_on, queue_len, min_size, h, w)
 
+    if counts is not None:
+        mutants = torch.zeros(b, dtype=torch.long).index_add_(0, image_of.cpu(), work.cpu())
+        counts["evaluated"], counts["answered"] = mutants - answered, answered
     return (diff.cumsum(1).cumsum(2)[:, :h, :w] / n_partitions).float()
+
+
+def _cached_passes(
+    engine: QueryEngine, images: Tensor, img: Tensor, visible: Tensor, target: Tensor, full_confidence: Tensor,
+    confidence_filter: float, memo: dict[tuple[int, bytes], bool] | None, answered: Tensor,
+) -> Tensor:
+    """Section 5.1's pass test of mutants (image `img`, mask `visible`), the model asked only for masks not seen
+    before for that image (`memo`: (image, packed mask) -> passed); `answered` counts the others per image."""
+    if memo is None:
+        p = engine.masked_probabilities(images, img, visible)
+        return passes(p, target[img], full_confidence[img], confidence_filter)
+    packed = np.packbits(visible.flatten(1).cpu().numpy(), axis=1)
+    keys = [(int(i), row.tobytes()) for i, row in zip(img.tolist(), packed)]
+    new: dict[tuple[int, bytes], int] = {}
+    for k, key in enumerate(keys):
+        if key not in memo and key not in new:
+            new[key] = k
+    rows = torch.tensor(list(new.values()), dtype=torch.long, device=visible.device)
+    if len(rows):
+        p = engine.masked_probabilities(images, img[rows], visible[rows])
+        memo.update(zip(new, passes(p, target[img[rows]], full_confidence[img[rows]], confidence_filter).tolist()))
+    answered.index_add_(0, img.cpu(), torch.ones(len(img), dtype=torch.long))
+    answered.index_add_(0, img[rows].cpu(), -torch.ones(len(rows), dtype=torch.long))
+    return torch.tensor([memo[key] for key in keys], device=visible.device)
 
 
 def _next_tasks(

@@ -183,3 +183,27 @@ def test_mask_value_defaults_to_the_models_normalisation_mean():
     assert QueryEngine(Normalised(), mask_value=0.5).blank(images).unique().tolist() == [0.5]
     with pytest.raises(ValueError, match="one number or one per channel"):
         QueryEngine(nn.Identity(), mask_value=[0.1, 0.2])
+
+
+def test_the_mutant_cache_answers_exactly_what_the_model_would():
+    from models.queries import QueryEngine
+    from rex.search import responsibility_map
+
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randn(3, 12, 12, generator=g)
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            s = (x.mean(1) * weights[0]).sum((1, 2))
+            return torch.stack([s, -s], 1)
+
+    images = torch.rand(3, 3, 12, 12, generator=g)
+    target = torch.zeros(3, dtype=torch.long)
+    counts: dict = {}
+    cached = responsibility_map(QueryEngine(Linear()), images, target, torch.Generator().manual_seed(1), 20, 4,
+                                counts=counts)
+    plain = responsibility_map(QueryEngine(Linear()), images, target, torch.Generator().manual_seed(1), 20, 4,
+                               cache=False, counts=(plain_counts := {}))
+    assert torch.equal(cached, plain)
+    assert (counts["answered"] > 0).all() and (plain_counts["answered"] == 0).all()  # small boxes repeat masks
+    assert torch.equal(counts["evaluated"] + counts["answered"], plain_counts["evaluated"])
