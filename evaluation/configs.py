@@ -75,13 +75,10 @@ def _root_cause(err: BaseException) -> BaseException:
 def producing_command(path: str) -> str | None:
     """The train.py command that writes checkpoint `path` (runs/NAME/checkpoints/...), if NAME is a shipped config or
     a pipeline's stage."""
-    match = re.search(r"(?:^|[\\/])runs[\\/](\w+)(?:[\\/](\w+))?[\\/]checkpoints[\\/]", path)
-    if match is None:
+    match = re.search(r"(?:^|[\\/])runs[\\/](\w+)(?:[\\/]\w+)?[\\/]checkpoints[\\/]", path)
+    if match is None or match[1] + ".yaml" not in available_configs():
         return None
-    name = match[1]
-    if name + ".yaml" in available_configs():
-        return f"python train.py --config {name}.yaml"
-    return None
+    return f"python train.py --config {match[1]}.yaml"
 
 
 def instantiation_error(err: BaseException, what: str) -> str:

@@ -13,9 +13,9 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from datamodules.transforms import RESIZE_RATIO
-from evaluation.outside import factory_model, is_outside_spec, program_model, read_classes, timm_model
 from evaluation.discovery import discover
 from evaluation.loaded import LoadedModels
+from evaluation.outside import factory_model, is_outside_spec, program_model, read_classes, timm_model
 from models.stages import available_stages, load_stage
 
 

@@ -23,6 +23,7 @@ from explainers.protocol import get
 
 Size = Union[int, Sequence[int]]
 
+
 def _hw(size: Size) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         h = w = int(size)

@@ -73,11 +73,6 @@ def _towards(edited: Callable[[Tensor], Tensor]) -> PropertyFactory:
     return factory
 
 
-def _black(images: Tensor) -> Tensor:
-    """Brightness: the region darkened to black."""
-    return torch.zeros_like(images)
-
-
 def _flat(images: Tensor) -> Tensor:
     """Contrast: the region faded to the image's mean colour."""
     return images.mean((2, 3), keepdim=True).expand_as(images)
@@ -100,6 +95,11 @@ def _noisy(images: Tensor) -> Tensor:
     noise = [torch.randn(im.shape, generator=torch.Generator().manual_seed(int(im.sum().item() * 1000) % 2**31))
              for im in images.detach().cpu()]
     return (images + 0.2 * torch.stack(noise).to(images)).clamp(0, 1)
+
+
+def brightness(batch: dict[str, Tensor], dataset: Any) -> Intervention:
+    """Brightness: the region darkened to black."""
+    return Brightness(_region(batch), factor=0.0)
 
 
 def hue(batch: dict[str, Tensor], dataset: Any) -> Intervention:
@@ -125,7 +125,7 @@ def frames(path: str) -> PropertyFactory:
 
 
 PROPERTIES: dict[str, PropertyFactory] = {
-    "brightness": _towards(_black),
+    "brightness": brightness,
     "contrast": _towards(_flat),
     "saturation": _towards(_grey),
     "hue": hue,

@@ -22,7 +22,7 @@ def create_backbone(
         stem = name.split("_")[0]
         close = timm.list_models(f"{stem}*")[:12]
         raise ValueError(
-            f"unknown backbone {name!r}: timm has no such model. "
+            f"unknown backbone {name!r}: timm has no model {name!r}. "
             f"Models starting with {stem!r}: {', '.join(close) or 'none'} (see timm.list_models())."
         )
     if pretrained or pretrained_file is not None:
