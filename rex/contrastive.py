@@ -25,7 +25,7 @@ from rex.extraction import Extraction, pixel_rank
 CONTRASTIVE_DECIMALS = 4
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Contrastive(Extraction):
     """Sufficient and necessary explanations `mask` (B, 1, H, W), whether found, the first sufficient prefix on the
     same chunk grid `sufficient` (B, 1, H, W), and the class (B,) of the image with `mask` removed (-1 where none)."""
@@ -34,7 +34,7 @@ class Contrastive(Extraction):
     removed_class: Tensor
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Complete(Extraction):
     """Complete explanations `mask` (B, 1, H, W) (the contrastive core and the added pixels), whether found, and the
     contrastive core `contrastive` (B, 1, H, W)."""
