@@ -28,7 +28,7 @@ from rcsb.method import rcsb_explain
 from rcsb.stage import PRESETS, BridgeModule, build_network
 from rcsb.guidance import AdamStabilizer, adaptive_normalise, from_bridge, rcsb_sample, to_bridge
 from rcsb.network import ADM256_CONFIG, TINY_CONFIG, ADMUNet, adm256, adm_tiny, timestep_embedding
-from rcsb.regions import MASK_FAMILIES, box_mask, freeform_mask, random_cell_mask, training_masks
+from rcsb.regions import MASK_FAMILIES, box_mask, freeform_mask, mask_bank, random_cell_mask, training_masks
 
 __all__ = [
     "RCSBCallback",
@@ -53,6 +53,7 @@ __all__ = [
     "inpainting_x1",
     "load_i2sb_weights",
     "make_betas",
+    "mask_bank",
     "p_posterior",
     "predict_x0",
     "q_sample",

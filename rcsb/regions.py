@@ -2,20 +2,24 @@
 
 * :func:`training_masks`: the inpainting masks the bridge trains on: free-form strokes over 10-20 % and 20-30 % of
   the image, a centre box, and attribution-shaped cell regions (top cells of a random smooth map, area 0.05-0.3).
+* :func:`mask_bank`: a fixed set of such masks drawn once in loader workers (I2SB too trains on fixed sets of 10k
+  free-form masks), so that training does not wait on mask drawing.
 """
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from explainers.regions import Size, _hw, cell_region
 
-__all__ = ["MASK_FAMILIES", "box_mask", "freeform_mask", "random_cell_mask", "training_masks"]
+__all__ = ["MASK_FAMILIES", "box_mask", "freeform_mask", "mask_bank", "random_cell_mask", "training_masks"]
 
 #: The training mask families, drawn uniformly per image by :func:`training_masks`.
 MASK_FAMILIES = ("freeform1020", "freeform2030", "center", "cells")
@@ -133,3 +137,29 @@ def training_masks(batch: Union[int, Tensor, Mapping[str, Any]], size: Size, gen
         out.append(m)
     masks = torch.stack(out)[:, None] if out else torch.zeros(0, 1, h, w, dtype=torch.bool)
     return masks.to(device) if device is not None else masks
+
+
+class _BankItems:
+    """Mask i of a bank, drawn from a generator seeded by (seed, i): the same bank for any number of workers."""
+
+    def __init__(self, n: int, size: Size, seed: int, families: Sequence[str]) -> None:
+        self.n, self.size, self.seed, self.families = n, size, seed, tuple(families)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+        return training_masks(1, self.size, g, self.families)[0]
+
+
+def mask_bank(n: int, size: Size, seed: int = 0, families: Sequence[str] = MASK_FAMILIES,
+              workers: Optional[int] = None) -> Tensor:
+    """``n`` training masks (n, 1, H, W) bool, mask i drawn by :func:`training_masks` from a generator seeded by
+    (seed, i), in ``workers`` loader processes (default: up to 16 of the machine's cores)."""
+    if n <= 0:
+        raise ValueError(f"a mask bank needs at least one mask, got n={n}")
+    workers = min(16, os.cpu_count() or 1) if workers is None else workers
+    workers = workers if n >= 256 else 0
+    loader = DataLoader(_BankItems(n, size, seed, families), batch_size=64, num_workers=workers)
+    return torch.cat(list(loader))

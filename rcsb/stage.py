@@ -21,7 +21,7 @@ from rcsb.bridge import BridgeSchedule, bridge_sample, inpainting_loss, inpainti
 from rcsb.bridge import sample_steps, training_target
 from rcsb.guidance import from_bridge, to_bridge
 from rcsb.network import ADM256_CONFIG, TINY_CONFIG, ADMUNet
-from rcsb.regions import MASK_FAMILIES, training_masks
+from rcsb.regions import MASK_FAMILIES, mask_bank, training_masks
 
 __all__ = ["PRESETS", "BridgeModule", "build_network"]
 
@@ -72,6 +72,9 @@ class BridgeModule(StageModule):
         nfe: sampling steps of those validation samples.
         val_steps: the fixed schedule steps at which validation measures the masked x0 error (default T/4, T/2, 3T/4).
         mask_families: the training mask families (see :data:`rcsb.regions.MASK_FAMILIES`).
+        mask_bank: draw the training masks from a fixed bank of this many, built once when fitting starts
+            (:func:`rcsb.regions.mask_bank`, as I2SB trains on fixed mask sets); 0 draws every mask afresh, which
+            costs CPU time at every step.
         seed: seed of the training and validation mask generators.
     """
 
@@ -91,6 +94,7 @@ class BridgeModule(StageModule):
         nfe: int = 20,
         val_steps: Optional[Sequence[int]] = None,
         mask_families: Sequence[str] = MASK_FAMILIES,
+        mask_bank: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -98,6 +102,8 @@ class BridgeModule(StageModule):
             raise ValueError(f"lr must be positive, got {lr}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+        if mask_bank < 0:
+            raise ValueError(f"mask_bank must be >= 0 (0: no bank), got {mask_bank}")
         if val_samples < 0:
             raise ValueError(f"val_samples must be >= 0, got {val_samples}")
         unknown = [f for f in mask_families if f not in MASK_FAMILIES]
@@ -115,6 +121,7 @@ class BridgeModule(StageModule):
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._train_generator: Optional[torch.Generator] = None
+        self._bank: Optional[Tensor] = None
         self._schedules: dict[torch.device, BridgeSchedule] = {}
 
     # ------------------------------------------------------------------ building blocks
@@ -180,12 +187,24 @@ class BridgeModule(StageModule):
             raise ValueError(f"the bridge trains on (B, 3, {size}, {size}) images (--model.init_args.image_size), "
                              f"got {tuple(images.shape)}; set the data's img_size to match")
 
+    def on_fit_start(self) -> None:
+        n = self.hparams.get("mask_bank", 0)
+        if n and self._bank is None:
+            size = self.hparams.image_size
+            self._bank = mask_bank(n, (size, size), self.hparams.seed, tuple(self.hparams.mask_families))
+
+    def _training_masks(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        if self._bank is None:
+            return self._masks(images, generator)
+        picks = torch.randint(len(self._bank), (images.shape[0],), generator=generator)
+        return self._bank[picks].to(images.device)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = batch["image"]
         self._check_images(images)
         if self._train_generator is None:
             self._train_generator = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_rank)
-        masks = self._masks(images, self._train_generator)
+        masks = self._training_masks(images, self._train_generator)
         steps = torch.randint(0, self.hparams.interval, (images.shape[0],), device=images.device)
         loss = self.loss(images, masks, steps)
         self.log("train/loss", loss, prog_bar=True)

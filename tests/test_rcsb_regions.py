@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from explainers.regions import cell_region, default_cell_size, mask_file_region
-from rcsb import box_mask, freeform_mask, training_masks
+from rcsb import box_mask, freeform_mask, mask_bank, training_masks
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,3 +138,15 @@ def test_freeform_strokes_are_thin_shapes_not_boxes():
         freeform_mask(32, 0.3, 0.2, torch.Generator())
     with pytest.raises(ValueError, match="unknown mask families"):
         training_masks(2, 32, torch.Generator(), families=("blobs",))
+
+
+def test_mask_bank_is_the_same_for_any_number_of_workers_and_matches_per_index_draws():
+    one = mask_bank(256, 16, seed=3, workers=0)
+    two = mask_bank(256, 16, seed=3, workers=2)
+    assert one.shape == (256, 1, 16, 16) and one.dtype == torch.bool
+    assert torch.equal(one, two)
+    g = torch.Generator().manual_seed(3 * 1_000_003 + 17)
+    assert torch.equal(one[17], training_masks(1, 16, g)[0])
+    assert not torch.equal(one[0], one[1])
+    with pytest.raises(ValueError, match="at least one mask"):
+        mask_bank(0, 16)

@@ -95,6 +95,16 @@ def test_non_finite_loss_stops_with_advice():
         module.check_finite(torch.tensor(float("nan")))
 
 
+def test_training_draws_its_masks_from_the_bank():
+    module = BridgeModule(network="tiny", image_size=SIZE, mask_bank=8)
+    module.on_fit_start()
+    assert module._bank.shape == (8, 1, SIZE, SIZE)
+    masks = module._training_masks(torch.zeros(32, 3, SIZE, SIZE), torch.Generator().manual_seed(0))
+    assert all(any(torch.equal(m, b) for b in module._bank) for m in masks)
+    with pytest.raises(ValueError, match="mask_bank"):
+        BridgeModule(network="tiny", image_size=SIZE, mask_bank=-1)
+
+
 def test_bad_stage_arguments():
     with pytest.raises(ValueError, match="preset"):
         BridgeModule(network="huge", image_size=SIZE)
