@@ -47,7 +47,7 @@ class SyntheticScenes(Dataset):
         have = len(done["label"]) if done is not None else 0
         if have < self.size:
             missing = _Renderer(self, start=have)
-            workers = min(2, os.cpu_count() or 1) if len(missing) >= 2000 else 0
+            workers = min(8, os.cpu_count() or 1) if len(missing) >= 2000 else 0
             loader = DataLoader(missing, batch_size=256, num_workers=workers)
             chunks = list(tqdm(loader, desc=f"rendering {self.split} scenes", disable=not progress, leave=False))
             new = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
