@@ -78,7 +78,9 @@ def _from_hub(name: str, repo: str, filenames: tuple[str, ...]) -> str:
     raise WeightsUnavailable(name, source, f"the repository has none of {', '.join(filenames)}")
 
 
-def _from_url(name: str, url: str) -> str:
+def cached_download(name: str, url: str) -> str:
+    """The torch hub cache's copy of the weights at `url`, downloaded if missing after one quick reachability probe;
+    `WeightsUnavailable` (naming `name`) when offline."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if cached.is_file():
         return str(cached)
@@ -110,4 +112,4 @@ def resolve_pretrained(name: str, pretrained_file: str | os.PathLike | None = No
         return resolve_pretrained(name, cfg.file)
     if cfg.hf_hub_id:
         return _from_hub(name, cfg.hf_hub_id, (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES)
-    return _from_url(name, cfg.url)
+    return cached_download(name, cfg.url)

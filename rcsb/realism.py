@@ -12,6 +12,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchvision import models as tv_models
+
+from models.weights import cached_download
+
+#: torchvision's weights of LPIPS's backbones, by torchmetrics' net_type.
+_LPIPS_BACKBONES = {"squeeze": tv_models.SqueezeNet1_1_Weights, "alex": tv_models.AlexNet_Weights,
+                    "vgg": tv_models.VGG16_Weights}
 
 
 class RealismUnavailable(RuntimeError):
@@ -38,10 +45,11 @@ class ClassifierFeatures(nn.Module):
 
 def frechet_distance(features: nn.Module, real: Tensor, fake: Tensor, batch_size: int = 256) -> float:
     """FID (torchmetrics) between images `real` and `fake` (N, 3, H, W) in [0, 1] in the space of `features`."""
-    fid = FrechetInceptionDistance(feature=features, normalize=True)
+    device = next(iter([*features.parameters(), *features.buffers()]), torch.empty(0)).device
+    fid = FrechetInceptionDistance(feature=features, normalize=True).to(device)
     for images, is_real in ((real, True), (fake, False)):
         for chunk in images.split(batch_size):
-            fid.update(chunk, real=is_real)
+            fid.update(chunk.to(device), real=is_real)
     return float(fid.compute())
 
 
@@ -65,6 +73,7 @@ def lpips_distance(a: Tensor, b: Tensor, net: str = "squeeze") -> Tensor:
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
     try:
+        cached_download(f"LPIPS {net}", _LPIPS_BACKBONES[net].DEFAULT.url)
         metric = LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=True, reduction="none")
     except Exception as err:
         raise RealismUnavailable(
