@@ -150,6 +150,8 @@ class MethodSpec:
         with CallCounter(model) as counter, torch.set_grad_enabled(self.access == "white"):
             start = time.perf_counter()
             out = self.fn(model, images, target, **extra, **options)
+            if images.is_cuda:
+                torch.cuda.synchronize(images.device)
             seconds = time.perf_counter() - start
         if not isinstance(out, Explanation):
             raise TypeError(f"method {self.name!r} returned {type(out).__name__}; methods return an Explanation")
