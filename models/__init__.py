@@ -5,8 +5,10 @@ from models.maskable import MaskableClassifier, build_classifier, create_backbon
 from models.masking import (
     MaskValue,
     apply_mask,
+    expand_fill,
     fixed_fraction_masks,
     mask_fill,
+    mask_value_of,
     patch_to_pixel,
     per_image_masks,
     subsets_of_size,
@@ -25,6 +27,6 @@ from models.stages import (
 __all__ = [
     "MASKED_FRACTIONS", "BlackBoxModel", "CallCounter", "ClassifierModule", "MaskValue", "MaskableClassifier", "MaskableModule",
     "QueryEngine", "StageModule", "apply_mask", "available_stages", "build_classifier", "create_backbone",
-    "fixed_fraction_masks", "load_checkpoint", "load_stage", "mask_fill", "patch_to_pixel", "per_image_masks",
-    "register_stage", "stage_class", "subsets_of_size", "uniform_size_masks",
+    "expand_fill", "fixed_fraction_masks", "load_checkpoint", "load_stage", "mask_fill", "mask_value_of",
+    "patch_to_pixel", "per_image_masks", "register_stage", "stage_class", "subsets_of_size", "uniform_size_masks",
 ]

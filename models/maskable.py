@@ -72,7 +72,7 @@ class MaskableClassifier(nn.Module):
                 f"got {tuple(patch_mask.shape)}"
             )
         if patch_mask is not None and not self.is_vit:
-            images = apply_mask(images, self.pixel_mask(patch_mask, images.shape[-2:]), mask_fill(self))
+            images = apply_mask(images, self.pixel_mask(patch_mask, images.shape[-2:]), mask_fill(self, images=images))
         x = (images - self.mean) / self.std
         if patch_mask is None or not self.is_vit:
             return self.backbone(x)
