@@ -4,8 +4,9 @@ Gradient methods come from captum (Saliency, IntegratedGradients, NoiseTunnel, G
 over the model's patch grid from captum too (KernelShap, Lime, Occlusion), class-activation maps from grad-cam
 (GradCAM, EigenCAM; ViT activations reshaped to the patch grid without the prefix tokens). RISE and attention rollout
 (with register tokens) are written here because no library offers them in a batched form. Access levels: "white"
-needs gradients, "grey" needs internals (activations, attention), "black" only calls model(images) -> logits.
-Removed pixels take the model's mask value (`models.masking`).
+needs gradients, "grey" needs internals (activations, attention), "black" only calls model(images) -> logits, here
+through `models.queries.QueryEngine` (option `engine`: eager, compiled or ONNX Runtime; the same maps within float
+tolerance). Removed pixels take the model's mask value (`models.masking`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainers.protocol import Explanation, explainer
-from models.masking import apply_mask, mask_fill
+from models.masking import apply_mask, expand_fill, mask_fill
+from models.queries import QueryBackend, QueryEngine
 
 
 def patch_grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
@@ -43,11 +45,16 @@ def _to_patches(attr: Tensor, grid: tuple[int, int]) -> Tensor:
 
 def _fill(model: nn.Module, images: Tensor) -> Tensor:
     """What a perturbation method puts in place of removed pixels (the model's mask value), shaped like `images`."""
-    return mask_fill(model).to(images).expand_as(images)
+    return expand_fill(mask_fill(model, images=images), images)
 
 
 def _forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda x: model(x)
+
+
+def _black_box(model: nn.Module, engine: QueryBackend) -> Callable[[Tensor], Tensor]:
+    """`images -> logits` of a black-box method under `engine` (`QueryEngine.forward`), one model call per call."""
+    return QueryEngine(model, engine=engine).forward
 
 
 @explainer("saliency", access="white")
@@ -117,14 +124,14 @@ def _per_image_surrogate(
     """KernelSHAP / LIME fit one surrogate model per image over the patch features: patch map (B, gh, gw)."""
     grid = patch_grid(model, images)
     mask = feature_mask(model, images)
-    fill = _fill(model, images[:1])
+    fill = _fill(model, images)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         attrs = [
-            explainer.attribute(img[None], baselines=fill, target=int(t), feature_mask=mask, n_samples=n_samples,
-                                perturbations_per_eval=chunk)
-            for img, t in zip(images, target)
+            explainer.attribute(images[i:i + 1], baselines=fill[i:i + 1], target=int(t), feature_mask=mask,
+                                n_samples=n_samples, perturbations_per_eval=chunk)
+            for i, t in enumerate(target)
         ]
     finally:
         torch.random.set_rng_state(state)
@@ -134,39 +141,41 @@ def _per_image_surrogate(
 @explainer("kernel_shap", access="black")
 def kernel_shap(
     model: nn.Module, images: Tensor, target: Tensor, n_samples: int = 256, chunk: int = 64,
-    seed: int = 0,
+    seed: int = 0, engine: QueryBackend = "eager",
 ) -> Explanation:
     """KernelSHAP (Lundberg and Lee 2017) over the model's patches (masked to the model's mean colour): patch map (B, gh, gw)."""
     from captum.attr import KernelShap
 
+    shap = KernelShap(_black_box(model, engine))
     with torch.no_grad():
-        return Explanation(maps=_per_image_surrogate(KernelShap(_forward(model)), model, images, target, n_samples,
-                                                     chunk, seed))
+        return Explanation(maps=_per_image_surrogate(shap, model, images, target, n_samples, chunk, seed))
 
 
 @explainer("lime", access="black")
 def lime(
     model: nn.Module, images: Tensor, target: Tensor, n_samples: int = 256, chunk: int = 64,
-    seed: int = 0, alpha: float = 1.0,
+    seed: int = 0, alpha: float = 1.0, engine: QueryBackend = "eager",
 ) -> Explanation:
     """LIME (Ribeiro et al. 2016): ridge surrogate over the model's patches (masked to the model's mean colour): patch map (B, gh, gw)."""
     from captum._utils.models.linear_model import SkLearnRidge
     from captum.attr import Lime
 
-    ridge = Lime(_forward(model), interpretable_model=SkLearnRidge(alpha=alpha))
+    ridge = Lime(_black_box(model, engine), interpretable_model=SkLearnRidge(alpha=alpha))
     with torch.no_grad():
         return Explanation(maps=_per_image_surrogate(ridge, model, images, target, n_samples, chunk, seed))
 
 
 @explainer("occlusion", access="black")
-def occlusion(model: nn.Module, images: Tensor, target: Tensor, chunk: int = 64) -> Explanation:
+def occlusion(
+    model: nn.Module, images: Tensor, target: Tensor, chunk: int = 64, engine: QueryBackend = "eager"
+) -> Explanation:
     """Occlusion (Zeiler and Fergus 2014): output drop when one patch is set to the model's mean colour: patch map (B, gh, gw)."""
     from captum.attr import Occlusion
 
     grid = patch_grid(model, images)
     window = (images.shape[1], -(-images.shape[-2] // grid[0]), -(-images.shape[-1] // grid[1]))
     with torch.no_grad():
-        attr = Occlusion(_forward(model)).attribute(
+        attr = Occlusion(_black_box(model, engine)).attribute(
             images, sliding_window_shapes=window, strides=window, baselines=_fill(model, images), target=target,
             perturbations_per_eval=chunk,
         )
@@ -275,20 +284,21 @@ def rise_masks(n: int, cells: int, size: tuple[int, int], p: float, generator: t
 @explainer("rise", access="black")
 def rise(
     model: nn.Module, images: Tensor, target: Tensor, n_masks: int = 1000, cells: int | None = None,
-    p: float = 0.5, chunk: int = 256, seed: int = 0,
+    p: float = 0.5, chunk: int = 256, seed: int = 0, engine: QueryBackend = "eager",
 ) -> Explanation:
     """RISE (Petsiuk et al. 2018, eq. 6): sum_i p_target(I * M_i + fill * (1 - M_i)) M_i / (N p), masks shared by the batch: (B, H, W)."""
     cells = cells or max(patch_grid(model, images))
     g = torch.Generator().manual_seed(seed)
     masks = rise_masks(n_masks, cells, images.shape[-2:], p, g).to(images)
-    fill = mask_fill(model)
+    fill = mask_fill(model, images=images)
+    forward = _black_box(model, engine)
     b = images.shape[0]
     scores = []
     with torch.no_grad():
         for m in masks.split(max(1, chunk // b)):
             owner = torch.arange(b, device=images.device).repeat_interleave(m.shape[0])
             mutants = apply_mask(images, m.repeat(b, 1, 1), fill, owner)
-            probs = model(mutants).float().softmax(-1).view(b, m.shape[0], -1)
+            probs = forward(mutants).float().softmax(-1).view(b, m.shape[0], -1)
             scores.append(probs.gather(2, target.view(b, 1, 1).expand(b, m.shape[0], 1))[..., 0])
     weights = torch.cat(scores, 1)
     return Explanation(maps=torch.einsum("bn,nhw->bhw", weights, masks.float()) / (n_masks * p))

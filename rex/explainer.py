@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from explainers.protocol import Explanation, explainer
 from models.masking import MaskValue
-from models.queries import QueryEngine
+from models.queries import QueryBackend, QueryEngine
 from rex.contrastive import complete_extract, contrastive_extract
 from rex.extraction import Extraction, extract, multiple_explanations
 from rex.partition import SplitDistribution
@@ -31,7 +31,8 @@ class ReXConfig:
     """Section 6.1 defaults: N = 20 partitions of 4 boxes, minimum superpixel 10 px, "area" queue of length 1,
     uniform split points, mask value 0 after the model's input normalisation (None = the model's mask value, see
     `models.masking.mask_fill`). `max_batch` None = 16 mutants per model call on CPU (small batches stay in cache:
-    measured 2x faster per mutant than 512 for a small CNN), 1024 on an accelerator.
+    measured 2x faster per mutant than 512 for a small CNN), 1024 on an accelerator. `engine` runs the model's
+    black-box queries eagerly, compiled or under ONNX Runtime (`models.queries.QueryEngine`).
     `explanation` picks the type extracted from the maps (`EXTRACTORS`: rex-xai's global, spatial, contrastive or
     complete); with `n_explanations` > 1 (global only), `overlap_rule` "fraction" is `multiple_explanations`' own
     overlap control and "dice" rex-xai's (`spotlight_explanations`, `overlap` = the permitted Dice coefficient)."""
@@ -55,6 +56,7 @@ class ReXConfig:
     max_batch: int | None = None
     seed: int = 0
     cache: bool = True
+    engine: QueryBackend = "eager"
 
     def __post_init__(self) -> None:
         """Clear errors for an unknown explanation type or overlap rule (rex-xai's strategies)."""
@@ -100,7 +102,7 @@ class ReX:
         """Algorithm 3 for a batch of images (B, 3, H, W) in [0, 1]; `target` defaults to the predicted class."""
         cfg = self.config
         max_batch = cfg.max_batch or (16 if images.device.type == "cpu" else 1024)
-        engine = QueryEngine(model, max_batch, cfg.mask_value)
+        engine = QueryEngine(model, max_batch, cfg.mask_value, cfg.engine, cfg.seed)
         probs = engine.probabilities(images)
         target = probs.argmax(1) if target is None else torch.as_tensor(target, device=images.device).long()
         target = target.to(images.device).expand(images.shape[0])

@@ -1,6 +1,7 @@
 """ReX evaluation metrics (section 6) for any attribution map (B, H, W) or (B, gh, gw): explanation size by
 Algorithm 3's extraction and normalised insertion / deletion curves with their AUCs. IN and OUT, the ground-truth
-half of section 6, are `explainers.metrics.fraction_inside` / `fraction_outside`."""
+half of section 6, are `explainers.metrics.fraction_inside` / `fraction_outside`. The model is queried through
+`models.queries.QueryEngine` (`engine`: eager, compiled or ONNX Runtime)."""
 from __future__ import annotations
 
 import torch
@@ -8,31 +9,34 @@ from torch import Tensor, nn
 
 from explainers.maps import to_pixel_map
 from models.masking import MaskValue
-from models.queries import QueryEngine
+from models.queries import QueryBackend, QueryEngine
 from rex.extraction import extract, pixel_rank
 
 
-def _engine(model: nn.Module | QueryEngine, max_batch: int, mask_value: MaskValue) -> QueryEngine:
-    return model if isinstance(model, QueryEngine) else QueryEngine(model, max_batch, mask_value)
+def _queries(
+    model: nn.Module | QueryEngine, max_batch: int, mask_value: MaskValue, engine: QueryBackend
+) -> QueryEngine:
+    """The model's `QueryEngine` (ReX section 4), or `model` itself when it already is one."""
+    return model if isinstance(model, QueryEngine) else QueryEngine(model, max_batch, mask_value, engine)
 
 
 def explanation_size(
     model: nn.Module | QueryEngine, images: Tensor, maps: Tensor, target: Tensor, min_confidence: float = 0.0,
-    max_batch: int = 256, mask_value: MaskValue = None,
+    max_batch: int = 256, mask_value: MaskValue = None, engine: QueryBackend = "eager",
 ) -> tuple[Tensor, Tensor]:
     """Section 6: (size fraction (B,), explanation mask (B, 1, H, W)) by Algorithm 3's extraction on `maps`."""
     maps = to_pixel_map(maps, tuple(images.shape[-2:]))
-    ex = extract(_engine(model, max_batch, mask_value), images, maps, target, min_confidence=min_confidence)
+    ex = extract(_queries(model, max_batch, mask_value, engine), images, maps, target, min_confidence=min_confidence)
     return ex.size, ex.mask
 
 
 def insertion_deletion(
     model: nn.Module | QueryEngine, images: Tensor, maps: Tensor, target: Tensor, steps: int = 50,
-    max_batch: int = 256, mask_value: MaskValue = None,
+    max_batch: int = 256, mask_value: MaskValue = None, engine: QueryBackend = "eager",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Section 6: insertion and deletion curves (B, steps + 1) of the target probability over the fraction of
     pixels inserted / deleted in ranking order, divided by the full image's probability, and their AUCs (B,)."""
-    engine = _engine(model, max_batch, mask_value)
+    queries = _queries(model, max_batch, mask_value, engine)
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
@@ -42,7 +46,7 @@ def insertion_deletion(
     inserted = (rank[:, None, :] < count[None, :, None]).view(-1, h, w)
     img = torch.arange(b, device=dev).repeat_interleave(steps + 1)
     visible = torch.cat([inserted, ~inserted])
-    probs = engine.masked_probabilities(images, torch.cat([img, img]), visible)
+    probs = queries.masked_probabilities(images, torch.cat([img, img]), visible)
     p = probs.gather(1, torch.cat([target[img], target[img]])[:, None])[:, 0].view(2, b, steps + 1)
     curves = p / p[1, :, :1].clamp(min=1e-12)
     ins, dele = curves[0], curves[1]
@@ -52,13 +56,14 @@ def insertion_deletion(
 def rex_metrics(
     model: nn.Module | QueryEngine, images: Tensor, maps: Tensor, target: Tensor, explanation: Tensor | None = None,
     steps: int = 50, min_confidence: float = 0.0, max_batch: int = 256, mask_value: MaskValue = None,
+    engine: QueryBackend = "eager",
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Section 6, Tables 1-3: per-image size, insertion and deletion AUC of `maps`, and the explanation they were
     measured on: `explanation` (B, 1, H, W) when the method extracted its own (ReX), else extracted from `maps`."""
-    engine = _engine(model, max_batch, mask_value)
+    queries = _queries(model, max_batch, mask_value, engine)
     if explanation is None:
-        size, explanation = explanation_size(engine, images, maps, target, min_confidence)
+        size, explanation = explanation_size(queries, images, maps, target, min_confidence)
     else:
         size = explanation.flatten(1).float().mean(1)
-    _, _, ins, dele = insertion_deletion(engine, images, maps, target, steps)
+    _, _, ins, dele = insertion_deletion(queries, images, maps, target, steps)
     return {"size": size, "insertion": ins, "deletion": dele}, explanation
