@@ -1,12 +1,16 @@
-"""Iterative refinement (Algorithm 2) of N random partitions averaged into a pixel map (Algorithm 3, lines 1-9).
+"""Iterative refinement (Algorithm 2) of N random partitions combined into a pixel map (Algorithm 3, lines 1-9).
 
 All N searches of all images run together, level by level: one level's mutants are built at once from
-per-pixel child labels and go to the model in chunks of `max_batch`. The returned map holds, for every
-superpixel P the refinement visited at any level, R(P) / |P| on its pixels, averaged over the N partitions.
+per-pixel child labels and go to the model in chunks of `max_batch`. A partition's map holds, for every
+superpixel P the refinement visited at any level, R(P) / |P| on its pixels; the returned map is their average
+over the N partitions (or their product, as the public tool). With N = "auto" the partitions run in waves and an
+image stops once its map is stable (see `responsibility_map`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +26,8 @@ _HELD = 5
 #: Mutant visibility masks are built at least this many pixels (and `max_batch` mutants) at a time, then sent to
 #: the model in `max_batch` chunks; 4 M stays in cache on CPU (measured 15 % faster than 16 M for a linear model).
 _CHUNK_PIXELS = 1 << 22
+
+Combination = Literal["average", "multiplicative"]
 
 
 @dataclass
@@ -49,12 +55,145 @@ def _add_boxes(diff: Tensor, image: Tensor, boxes: Tensor, values: Tensor) -> No
         diff.index_put_((image, rows, cols), sign * v, accumulate=True)
 
 
+def _integrate(diff: Tensor) -> Tensor:
+    """Maps (K, H, W) from their 2-D difference arrays (K, H + 1, W + 1)."""
+    return diff.cumsum(1).cumsum(2)[:, :-1, :-1]
+
+
+class _Combined:
+    """Algorithm 3, lines 5-8: each image's partition maps combined. "average" (the paper) sums them in a 2-D
+    difference array and divides by their number; "multiplicative" (rex-xai 0.4.1's default) multiplies 1 + each
+    partition's map into a product renormalised to max 1, kept as a sum of logarithms: exp(sum - max of sum)."""
+
+    def __init__(self, style: Combination, b: int, h: int, w: int, device: torch.device) -> None:
+        if style not in ("average", "multiplicative"):
+            raise ValueError(f"unknown combination {style!r}; known: 'average', 'multiplicative'")
+        self.style = style
+        shape = (b, h + 1, w + 1) if style == "average" else (b, h, w)
+        self.total = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def add(self, search: Tensor, image: Tensor, boxes: Tensor, values: Tensor) -> None:
+        """Add `values` (R(P) / |P|) on boxes P (K, 4) of searches `search` (K,) of images `image` (K,)."""
+        if self.style == "average":
+            _add_boxes(self.total, image, boxes, values)
+        else:
+            self.pending.append((search, boxes, values))
+
+    def end_wave(self, image_of: Tensor) -> None:
+        """Multiply the finished searches' 1 + map into their images' products (search s explains `image_of[s]`)."""
+        if self.style == "average" or not self.pending:
+            return
+        search, boxes, values = (torch.cat(parts) for parts in zip(*self.pending))
+        self.pending = []
+        _, h, w = self.total.shape
+        per = max(1, _CHUNK_PIXELS // ((h + 1) * (w + 1)))
+        for start in range(0, len(image_of), per):
+            n = min(per, len(image_of) - start)
+            sel = (search >= start) & (search < start + n)
+            diff = torch.zeros(n, h + 1, w + 1, dtype=torch.float64, device=self.total.device)
+            _add_boxes(diff, search[sel] - start, boxes[sel], values[sel])
+            self.total.index_add_(0, image_of[start:start + n], torch.log1p(_integrate(diff)))
+
+    def maps(self, used: Tensor) -> Tensor:
+        """Combined maps (B, H, W) float64 of images that used `used` (B,) partitions."""
+        if self.style == "average":
+            return _integrate(self.total) / used[:, None, None]
+        return torch.exp(self.total - self.total.flatten(1).amax(1)[:, None, None])
+
+
+@dataclass
+class _Searcher:
+    """Algorithm 2 for many random partitions at once, section 5.1's pass test answered from `memo` when cached."""
+
+    engine: QueryEngine
+    images: Tensor
+    target: Tensor
+    full_confidence: Tensor
+    full_ok: Tensor
+    empty_ok: Tensor
+    generator: torch.Generator
+    combined: _Combined
+    min_size: int
+    queue_len: int
+    rule: ResponsibilityRule
+    distribution: SplitDistribution
+    dist_args: tuple[float, ...]
+    confidence_filter: float
+    work_budget: int | None
+    memo: dict[tuple[int, bytes], bool] | None
+    answered: Tensor
+
+    def run(self, image_of: Tensor) -> Tensor:
+        """Algorithm 2 on one random partition of image `image_of[s]` per search s, all together level by level;
+        returns the mutants (work) each search built."""
+        _, _, h, w = self.images.shape
+        dev = self.images.device
+        n_search = len(image_of)
+        tasks = _Tasks(
+            search=torch.arange(n_search, device=dev),
+            context=torch.zeros(n_search, h, w, dtype=torch.bool, device=dev),
+            box=torch.tensor([0, h, 0, w]).repeat(n_search, 1),
+            empty_pass=self.empty_ok[image_of],
+            full_pass=self.full_ok[image_of],
+        )
+        work = torch.zeros(n_search, dtype=torch.long, device=dev)
+        while tasks.search.numel() > 0:
+            children = split_boxes(tasks.box, self.generator, self.distribution, self.dist_args)
+            labels = torch.where(tasks.context, _HELD, quadrant_labels(children, h, w, dev))
+            mutant_pass = self._level_passes(image_of[tasks.search], labels)
+            outcomes = subset_outcomes(mutant_pass, tasks.empty_pass, tasks.full_pass)
+            resp = responsibility(outcomes, self.rule)
+
+            area = box_area(children).to(dev)
+            search = tasks.search.repeat_interleave(N_PARTS)
+            self.combined.add(search, image_of[search], children.flatten(0, 1), (resp / area.clamp(min=1)).flatten())
+
+            work.index_add_(0, tasks.search, torch.full_like(tasks.search, mutant_pass.shape[1]))
+            go_on = resp.amax(1) - resp.amin(1) > 1e-12
+            if self.work_budget is not None:
+                go_on &= work[tasks.search] < self.work_budget
+            tasks = _next_tasks(tasks, children, area, outcomes, go_on, self.queue_len, self.min_size, h, w)
+        self.combined.end_wave(image_of)
+        return work
+
+    def _level_passes(self, img: Tensor, labels: Tensor) -> Tensor:
+        """Section 5.1's pass outcomes (T, 14) of the 14 mutants of each split box of image `img` (T,), from the
+        child labels (T, H, W) of its pixels; masks built and sent to the model a chunk at a time."""
+        _, _, h, w = self.images.shape
+        n_mut = len(MUTANT_SUBSETS)
+        codes = (MUTANT_SUBSETS | 1 << _HELD).to(labels.device, torch.uint8)[None, :, None, None]
+        per_chunk = max(1, _CHUNK_PIXELS // (n_mut * h * w), -(-self.engine.max_batch // n_mut))
+        out = []
+        for start in range(0, len(labels), per_chunk):
+            sl = slice(start, start + per_chunk)
+            visible = ((codes >> labels[sl, None]) & 1 == 1).flatten(0, 1)
+            ok = _cached_passes(self.engine, self.images, img[sl].repeat_interleave(n_mut), visible, self.target,
+                                self.full_confidence, self.confidence_filter, self.memo, self.answered)
+            out.append(ok.view(-1, n_mut))
+        return torch.cat(out)
+
+
+def _top_pixels(maps: Tensor, fraction: float) -> Tensor:
+    """The ceil(`fraction` x H x W) first pixels (B, H * W) bool of Algorithm 3's ranking of `maps` (B, H, W):
+    highest first, ties by pixel index."""
+    flat = maps.flatten(1)
+    k = max(1, math.ceil(fraction * flat.shape[1]))
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)[:, :k]
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+
+
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    """Intersection over union (B,) of pixel sets (B, N) bool; 0 where both are empty."""
+    return (a & b).sum(1) / (a | b).sum(1).clamp(min=1)
+
+
 def responsibility_map(
     engine: QueryEngine,
     images: Tensor,
     target: Tensor,
     generator: torch.Generator,
-    n_partitions: int = 20,
+    n_partitions: int | Literal["auto"] = 20,
     min_size: int = 10,
     queue_len: int = 1,
     rule: ResponsibilityRule = "paper",
@@ -64,66 +203,59 @@ def responsibility_map(
     work_budget: int | None = None,
     cache: bool = True,
     counts: dict[str, Tensor] | None = None,
+    combination: Combination = "average",
+    max_partitions: int = 40,
+    wave: int = 5,
+    stable_top: float = 0.1,
+    stable_iou: float = 0.9,
 ) -> Tensor:
-    """Algorithms 2-3: responsibility maps (B, H, W) averaged over `n_partitions` refined random partitions.
+    """Algorithms 2-3: responsibility maps (B, H, W) combined over `n_partitions` refined random partitions.
 
-    With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions and
-    levels, children split to nothing) is answered from the cache, not the model: the maps are identical.
-    `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache."""
+    `combination` "average" is Algorithm 3's mean of the partitions' maps; "multiplicative" is rex-xai 0.4.1's
+    default: the product of 1 + each partition's map, renormalised to max 1.
+    `n_partitions` "auto" runs partitions in waves of `wave` (each wave all remaining images' searches together)
+    and stops an image after a wave once the first ceil(`stable_top` x H x W) pixels of its combined map's ranking
+    have IoU >= `stable_iou` with those after its previous wave (so at least two waves), or at `max_partitions`;
+    its map is combined over the partitions it used.
+    With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions, levels
+    and waves, children split to nothing) is answered from the cache, not the model: the maps are identical.
+    `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache,
+    and the "partitions" used."""
+    if isinstance(n_partitions, str) and n_partitions != "auto":
+        raise ValueError(f"n_partitions must be an int or 'auto', not {n_partitions!r}")
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    blank = engine.blank(images)
-    probs = engine.probabilities(torch.cat([images, blank]))
+    probs = engine.probabilities(torch.cat([images, engine.blank(images)]))
     full_confidence = probs[:b].gather(1, target[:, None])[:, 0]
-    full_ok = passes(probs[:b], target, full_confidence, confidence_filter)
-    empty_ok = passes(probs[b:], target, full_confidence, confidence_filter)
-
-    n_search = b * n_partitions
-    image_of = torch.arange(n_search, device=dev) // n_partitions
-    tasks = _Tasks(
-        search=torch.arange(n_search, device=dev),
-        context=torch.zeros(n_search, h, w, dtype=torch.bool, device=dev),
-        box=torch.tensor([0, h, 0, w]).repeat(n_search, 1),
-        empty_pass=empty_ok[image_of],
-        full_pass=full_ok[image_of],
+    combined = _Combined(combination, b, h, w, dev)
+    searcher = _Searcher(
+        engine, images, target, full_confidence, passes(probs[:b], target, full_confidence, confidence_filter),
+        passes(probs[b:], target, full_confidence, confidence_filter), generator, combined, min_size, queue_len, rule,
+        distribution, dist_args, confidence_filter, work_budget, {} if cache else None,
+        torch.zeros(b, dtype=torch.long),
     )
-    work = torch.zeros(n_search, dtype=torch.long, device=dev)
-    memo: dict[tuple[int, bytes], bool] = {}
-    answered = torch.zeros(b, dtype=torch.long)
-    diff = torch.zeros(b, h + 1, w + 1, dtype=torch.float64, device=dev)
-    codes = (MUTANT_SUBSETS | 1 << _HELD).to(dev, torch.uint8)[None, :, None, None]
-    n_mut = len(MUTANT_SUBSETS)
-    per_chunk = max(1, _CHUNK_PIXELS // (n_mut * h * w), -(-engine.max_batch // n_mut))
-
-    while tasks.search.numel() > 0:
-        children = split_boxes(tasks.box, generator, distribution, dist_args)
-        labels = torch.where(tasks.context, _HELD, quadrant_labels(children, h, w, dev))
-        mutant_pass = []
-        for start in range(0, len(children), per_chunk):
-            sl = slice(start, start + per_chunk)
-            visible = ((codes >> labels[sl, None]) & 1 == 1).flatten(0, 1)
-            img = image_of[tasks.search[sl]].repeat_interleave(n_mut)
-            ok = _cached_passes(engine, images, img, visible, target, full_confidence, confidence_filter,
-                                memo if cache else None, answered)
-            mutant_pass.append(ok.view(-1, n_mut))
-        outcomes = subset_outcomes(torch.cat(mutant_pass), tasks.empty_pass, tasks.full_pass)
-        resp = responsibility(outcomes, rule)
-
-        area = box_area(children).to(dev)
-        img = image_of[tasks.search].repeat_interleave(N_PARTS)
-        _add_boxes(diff, img, children.flatten(0, 1), (resp / area.clamp(min=1)).flatten())
-
-        work.index_add_(0, tasks.search, torch.full_like(tasks.search, n_mut))
-        go_on = resp.amax(1) - resp.amin(1) > 1e-12
-        if work_budget is not None:
-            go_on &= work[tasks.search] < work_budget
-        tasks = _next_tasks(tasks, children, area, outcomes, go_on, queue_len, min_size, h, w)
+    used = torch.zeros(b, dtype=torch.long, device=dev)
+    mutants = torch.zeros(b, dtype=torch.long, device=dev)
+    top = torch.zeros(b, h * w, dtype=torch.bool, device=dev)
+    active = torch.arange(b, device=dev)
+    while active.numel() > 0:
+        n = n_partitions if n_partitions != "auto" else min(wave, max_partitions - int(used[active[0]]))
+        image_of = active.repeat_interleave(n)
+        mutants.index_add_(0, image_of, searcher.run(image_of))
+        used[active] += n
+        if n_partitions != "auto":
+            break
+        now = _top_pixels(combined.maps(used)[active], stable_top)
+        settled = _iou(now, top[active]) >= stable_iou
+        top[active] = now
+        active = active[~settled & (used[active] < max_partitions)]
 
     if counts is not None:
-        mutants = torch.zeros(b, dtype=torch.long).index_add_(0, image_of.cpu(), work.cpu())
-        counts["evaluated"], counts["answered"] = mutants - answered, answered
-    return (diff.cumsum(1).cumsum(2)[:, :h, :w] / n_partitions).float()
+        answered = searcher.answered
+        counts["evaluated"], counts["answered"] = mutants.cpu() - answered, answered
+        counts["partitions"] = used.cpu()
+    return combined.maps(used).float()
 
 
 def _cached_passes(
@@ -161,7 +293,7 @@ def _next_tasks(
     vis = VISIBLE.to(dev)[subsets]
     t_count = len(children)
     cand = outcomes[:, subsets] & go_on[:, None] & ((area[:, None, :] > 0) | ~vis[None]).all(2)
-    size = tasks.context.flatten(1).sum(1)[:, None] + area @ vis.long().T
+    size = tasks.context.flatten(1).sum(1)[:, None] + (area.double() @ vis.double().T).long()  # no integer matmul on CUDA
     key = torch.where(cand, size, torch.iinfo(torch.long).max).flatten()
     search = tasks.search[:, None].expand(-1, len(subsets)).flatten()
     order = torch.argsort(key, stable=True)
