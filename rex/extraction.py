@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -10,13 +11,17 @@ from torch import Tensor
 from models.queries import QueryEngine
 from rex.search import passes
 
+ExtractionMethod = Literal["search", "scan"]
+
 
 @dataclass
 class Extraction:
-    """Sufficient explanations: pixel masks (B, 1, H, W) True = kept, and whether a sufficient prefix exists."""
+    """Sufficient explanations: pixel masks (B, 1, H, W) True = kept, whether a sufficient prefix exists, and the
+    model evaluations (B,) spent per image where counted."""
 
     mask: Tensor
     found: Tensor
+    evaluated: Tensor | None = None
 
     @property
     def size(self) -> Tensor:
@@ -46,6 +51,80 @@ def _first_candidates(limit: Tensor, k: int) -> Tensor:
     return torch.minimum(sizes, limit[:, None]).clamp(min=1)
 
 
+class _Prefixes:
+    """Algorithm 3, lines 10-17's sufficiency tests of ranking prefixes: prefix j keeps the min(j x `step`, limit)
+    highest ranked pixels (of `region`, if given); every outcome is kept, so no prefix is sent to the model twice,
+    and the model evaluations are counted per image (the full image's included when it is asked here)."""
+
+    def __init__(self, engine: QueryEngine, images: Tensor, maps: Tensor, target: Tensor, region: Tensor | None,
+                 min_confidence: float, step: int, full_confidence: Tensor | None) -> None:
+        b, _, h, w = images.shape
+        dev = images.device
+        self.engine, self.images, self.target, self.min_confidence = engine, images, target.to(dev), min_confidence
+        self.rank = pixel_rank(maps.to(dev), region)
+        self.limit = region.flatten(1).sum(1) if region is not None else torch.full((b,), h * w, device=dev)
+        self.step = step
+        self.n = -(-self.limit // step)
+        self.evaluated = torch.zeros(b, dtype=torch.long, device=dev)
+        if full_confidence is None:
+            full_confidence = engine.probabilities(images).gather(1, self.target[:, None])[:, 0]
+            self.evaluated += 1
+        self.full_confidence = full_confidence
+        self.tested = torch.zeros(b, int(self.n.max()) + 2 if b else 2, dtype=torch.bool, device=dev)
+        self.passed = torch.zeros_like(self.tested)
+
+    def size(self, img: Tensor, j: Tensor) -> Tensor:
+        """Pixels kept by prefixes j of images `img`."""
+        return torch.minimum(j * self.step, self.limit[img])
+
+    def fresh(self, img: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+        """The (image, prefix) pairs of candidates (A, k) of images `img` (A,) that exist and are not yet tested,
+        each once."""
+        cand = cand.sort(1).values
+        ok = (cand >= 1) & (cand <= self.n[img, None])
+        ok[:, 1:] &= cand[:, 1:] != cand[:, :-1]
+        ok &= ~self.tested[img[:, None], cand.clamp(0, self.tested.shape[1] - 1)]
+        row, col = ok.nonzero(as_tuple=True)
+        return img[row], cand[row, col]
+
+    def test(self, img: Tensor, j: Tensor) -> None:
+        """Ask the model whether prefixes j (M,) of images `img` (M,) keep the target class (section 5.1)."""
+        if len(img) == 0:
+            return
+        _, _, h, w = self.images.shape
+        visible = (self.rank[img] < self.size(img, j)[:, None]).view(-1, h, w)
+        probs = self.engine.masked_probabilities(self.images, img, visible)
+        self.tested[img, j] = True
+        self.passed[img, j] = passes(probs, self.target[img], self.full_confidence[img], self.min_confidence)
+        self.evaluated.index_add_(0, img, torch.ones_like(img))
+
+    def bounds(self, img: Tensor) -> tuple[Tensor, Tensor]:
+        """(hi, lo) of images `img`: the smallest passing tested prefix (n + 1 if none) and the largest failing
+        tested prefix below it (0 if none)."""
+        idx = torch.arange(self.tested.shape[1], device=img.device)
+        hi = torch.where(self.passed[img], idx, torch.iinfo(torch.long).max).amin(1)
+        hi = torch.minimum(hi, self.n[img] + 1)
+        failed = self.tested[img] & ~self.passed[img] & (idx < hi[:, None])
+        return hi, torch.where(failed, idx, 0).amax(1)
+
+    def untested_below(self, img: Tensor, lo: Tensor, check: int | None) -> Tensor:
+        """Up to `check` (None: all) untested prefixes (A, k) below `lo` (A,) of images `img`, nearest first;
+        0 pads."""
+        idx = torch.arange(self.tested.shape[1], device=img.device)
+        key = torch.where(~self.tested[img] & (idx >= 1) & (idx < lo[:, None]), idx, 0)
+        k = key.shape[1] if check is None else min(check, key.shape[1])
+        return key.topk(k, dim=1).values
+
+    def result(self) -> Extraction:
+        """The smallest passing tested prefix of each image as a pixel mask; the whole region where none passed."""
+        b, _, h, w = self.images.shape
+        every = torch.arange(b, device=self.images.device)
+        hi, _ = self.bounds(every)
+        found = hi <= self.n
+        size = torch.where(found, self.size(every, hi), self.limit)
+        return Extraction(mask=(self.rank < size[:, None]).view(b, 1, h, w), found=found, evaluated=self.evaluated)
+
+
 def extract(
     engine: QueryEngine,
     images: Tensor,
@@ -55,40 +134,78 @@ def extract(
     min_confidence: float = 0.0,
     candidates: int = 32,
     full_confidence: Tensor | None = None,
+    step: int = 1,
+    check: int | None = 64,
 ) -> Extraction:
-    """Algorithm 3, lines 10-17: the smallest prefix of the ranking whose masked image keeps the target class
-    (with at least `min_confidence` x the full image's confidence): `candidates` prefix sizes per image and
-    call, then refined between the last failing and first passing size until they are adjacent."""
-    b, _, h, w = images.shape
-    dev = images.device
-    target = target.to(dev)
-    rank = pixel_rank(maps.to(dev), region)
-    limit = region.flatten(1).sum(1) if region is not None else torch.full((b,), h * w, device=dev)
-    if full_confidence is None:
-        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
-    lo = torch.zeros(b, dtype=torch.long, device=dev)
-    hi = limit + 1
-    active = (limit > 0).nonzero()[:, 0]
-    sizes = _first_candidates(limit[active], candidates)
+    """Algorithm 3, lines 10-17: the smallest prefix of the ranking (in steps of `step` pixels) whose masked image
+    keeps the target class (with at least `min_confidence` x the full image's confidence). `candidates` prefix
+    sizes per image and round, geometric first, then refined between the largest failing and the smallest passing
+    size until they are adjacent; then up to `check` untested sizes below the failing one (nearest first; None:
+    all) are tested, and the refinement restarts below the smallest that passes. The result is `scan`'s wherever
+    no check had more than `check` untested sizes below it (always with `check` None)."""
+    p = _Prefixes(engine, images, maps, target, region, min_confidence, step, full_confidence)
+    active = (p.n > 0).nonzero()[:, 0]
+    p.test(*p.fresh(active, _first_candidates(p.n[active], candidates)))
+    checked_at = torch.zeros_like(p.n)
+    j = torch.arange(1, candidates, device=images.device)[None]
     while active.numel() > 0:
-        img = active.repeat_interleave(sizes.shape[1])
-        visible = (rank[img] < sizes.flatten()[:, None]).view(-1, h, w)
-        probs = engine.masked_probabilities(images, img, visible)
-        ok = passes(probs, target[img], full_confidence[img], min_confidence).view(len(active), -1)
-        big = torch.iinfo(torch.long).max
-        first_pass = torch.where(ok, sizes, big).amin(1)
-        hi[active] = torch.minimum(hi[active], first_pass)
-        below = torch.where(~ok & (sizes < hi[active, None]), sizes, 0).amax(1)
-        lo[active] = torch.maximum(lo[active], below)
-        keep = (hi[active] <= limit[active]) & (hi[active] - lo[active] > 1)
-        active = active[keep]
-        gap = (hi[active] - lo[active])[:, None]
-        j = torch.arange(1, candidates, device=dev)[None]
-        sizes = lo[active, None] + torch.ceil(gap * j / candidates).long()
-    found = hi <= limit
-    size = torch.where(found, hi, limit)
-    mask = (rank < size[:, None]).view(b, 1, h, w)
-    return Extraction(mask=mask, found=found)
+        hi, lo = p.bounds(active)
+        refine = hi - lo > 1
+        go_on = refine | (checked_at[active] != hi)
+        active, hi, lo, refine = active[go_on], hi[go_on], lo[go_on], refine[go_on]
+        gap = (hi - lo)[refine, None]
+        between = p.fresh(active[refine], lo[refine, None] + torch.ceil(gap * j / candidates).long())
+        below = p.fresh(active[~refine], p.untested_below(active[~refine], lo[~refine], check))
+        checked_at[active[~refine]] = hi[~refine]
+        p.test(torch.cat([between[0], below[0]]), torch.cat([between[1], below[1]]))
+    return p.result()
+
+
+def scan(
+    engine: QueryEngine,
+    images: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    region: Tensor | None = None,
+    min_confidence: float = 0.0,
+    candidates: int = 32,
+    full_confidence: Tensor | None = None,
+    step: int = 1,
+) -> Extraction:
+    """Algorithm 3, lines 10-17 exhaustively: prefixes of 1, 2, ... steps of `step` pixels (rex-xai's chunk
+    size, 10 there) tested in order, `candidates` per image and round, up to the first that keeps the target class
+    (with at least `min_confidence` x the full image's confidence)."""
+    p = _Prefixes(engine, images, maps, target, region, min_confidence, step, full_confidence)
+    start = torch.ones_like(p.n)
+    active = (p.n > 0).nonzero()[:, 0]
+    offsets = torch.arange(candidates, device=images.device)[None]
+    while active.numel() > 0:
+        p.test(*p.fresh(active, start[active, None] + offsets))
+        start[active] += candidates
+        hi, _ = p.bounds(active)
+        active = active[(hi > p.n[active]) & (start[active] <= p.n[active])]
+    return p.result()
+
+
+def extract_by(
+    method: ExtractionMethod,
+    engine: QueryEngine,
+    images: Tensor,
+    maps: Tensor,
+    target: Tensor,
+    region: Tensor | None = None,
+    min_confidence: float = 0.0,
+    candidates: int = 32,
+    full_confidence: Tensor | None = None,
+    step: int = 1,
+    check: int | None = 64,
+) -> Extraction:
+    """Algorithm 3, lines 10-17 by `method`: "search" (`extract`) or the exhaustive "scan" (`scan`)."""
+    if method == "scan":
+        return scan(engine, images, maps, target, region, min_confidence, candidates, full_confidence, step)
+    if method != "search":
+        raise ValueError(f"unknown extraction {method!r}; known: 'search', 'scan'")
+    return extract(engine, images, maps, target, region, min_confidence, candidates, full_confidence, step, check)
 
 
 def multiple_explanations(
@@ -101,20 +218,30 @@ def multiple_explanations(
     separation: int = 0,
     min_confidence: float = 0.0,
     candidates: int = 32,
+    full_confidence: Tensor | None = None,
+    method: ExtractionMethod = "search",
+    step: int = 1,
+    check: int | None = 64,
 ) -> Extraction:
-    """Section 6.2: up to `k` sufficient explanations (B, k, 1, H, W) from one map, each extracted from the
-    ranking with the pixels of the earlier ones excluded (all but their lowest `overlap` fraction, grown by
-    `separation` pixels), so that later ones sit around other peaks of responsibility."""
+    """Section 6.2: up to `k` sufficient explanations (B, k, 1, H, W) from one map, each extracted (by `method`,
+    see `extract_by`) from the ranking with the pixels of the earlier ones excluded (all but their lowest
+    `overlap` fraction, grown by `separation` pixels), so that later ones sit around other peaks of
+    responsibility; `evaluated` counts every extraction's model evaluations per image."""
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
+    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
+    if full_confidence is None:
+        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
+        evaluated += 1
     rank = pixel_rank(maps.to(dev)).view(b, h, w)
     allowed = torch.ones(b, h, w, dtype=torch.bool, device=dev)
     alive = torch.ones(b, dtype=torch.bool, device=dev)
     masks, found = [], []
     for _ in range(k):
-        ex = extract(engine, images, maps, target, allowed & alive[:, None, None], min_confidence, candidates, full_confidence)
+        ex = extract_by(method, engine, images, maps, target, allowed & alive[:, None, None], min_confidence,
+                        candidates, full_confidence, step, check)
+        evaluated += ex.evaluated
         ok = ex.found & alive
         masks.append(ex.mask & ok[:, None, None, None])
         found.append(ok)
@@ -127,4 +254,4 @@ def multiple_explanations(
         if separation > 0:
             banned = F.max_pool2d(banned[:, None].float(), 2 * separation + 1, 1, separation)[:, 0] > 0
         allowed &= ~banned
-    return Extraction(mask=torch.stack(masks, 1), found=torch.stack(found, 1))
+    return Extraction(mask=torch.stack(masks, 1), found=torch.stack(found, 1), evaluated=evaluated)
