@@ -11,10 +11,10 @@ from explainers.protocol import Explanation, explainer
 from models.masking import MaskValue
 from models.queries import QueryBackend, QueryEngine
 from rex.contrastive import complete_extract, contrastive_extract
-from rex.extraction import Extraction, extract, multiple_explanations
+from rex.extraction import Extraction, ExtractionMethod, extract, extract_by, multiple_explanations
 from rex.partition import SplitDistribution
 from rex.responsibility import ResponsibilityRule
-from rex.search import responsibility_map
+from rex.search import Combination, responsibility_map
 from rex.spatial import spatial_extract
 from rex.spotlight import spotlight_explanations
 
@@ -35,9 +35,20 @@ class ReXConfig:
     black-box queries eagerly, compiled or under ONNX Runtime (`models.queries.QueryEngine`).
     `explanation` picks the type extracted from the maps (`EXTRACTORS`: rex-xai's global, spatial, contrastive or
     complete); with `n_explanations` > 1 (global only), `overlap_rule` "fraction" is `multiple_explanations`' own
-    overlap control and "dice" rex-xai's (`spotlight_explanations`, `overlap` = the permitted Dice coefficient)."""
+    overlap control and "dice" rex-xai's (`spotlight_explanations`, `overlap` = the permitted Dice coefficient).
+    `n_partitions` "auto" runs partitions in waves of `wave` until an image's map is stable: the first 10 %
+    (`stable_top`) of its ranking has IoU >= 0.9 (`stable_iou`) with the previous wave's, at most `max_partitions`
+    (`rex.search.responsibility_map`). `combination` "average" is Algorithm 3's mean of the partitions' maps,
+    "multiplicative" rex-xai 0.4.1's default product. `extraction` "search" is `rex.extraction.extract` (geometric
+    prefix sizes refined, then up to `check` untested sizes below the result tested), "scan" the exhaustive
+    `rex.extraction.scan`; both test prefixes in steps of `step` pixels (rex-xai's chunk size is 10)."""
 
-    n_partitions: int = 20
+    n_partitions: int | Literal["auto"] = 20
+    max_partitions: int = 40
+    wave: int = 5
+    stable_top: float = 0.1
+    stable_iou: float = 0.9
+    combination: Combination = "average"
     min_size: int = 10
     queue_len: int = 1
     rule: ResponsibilityRule = "paper"
@@ -48,6 +59,9 @@ class ReXConfig:
     mask_value: MaskValue = None
     min_confidence: float = 0.0
     candidates: int = 32
+    extraction: ExtractionMethod = "search"
+    step: int = 1
+    check: int | None = 64
     explanation: ExplanationType = "global"
     n_explanations: int = 1
     overlap: float = 0.0
@@ -66,13 +80,20 @@ class ReXConfig:
             raise ValueError(f"unknown ReX overlap rule {self.overlap_rule!r}; known: {list(get_args(OverlapRule))}")
         if self.n_explanations > 1 and self.explanation != "global":
             raise ValueError(f"n_explanations > 1 needs explanation 'global', got {self.explanation!r}")
+        if isinstance(self.n_partitions, str) and self.n_partitions != "auto":
+            raise ValueError(f"n_partitions must be an int or 'auto', not {self.n_partitions!r}")
+        if self.combination not in get_args(Combination):
+            raise ValueError(f"unknown ReX combination {self.combination!r}; known: {list(get_args(Combination))}")
+        if self.extraction not in get_args(ExtractionMethod):
+            raise ValueError(f"unknown ReX extraction {self.extraction!r}; known: {list(get_args(ExtractionMethod))}")
 
 
 @dataclass
 class ReXResult:
     """Maps (B, H, W), explanations (B, 1, H, W) (or (B, k, 1, H, W) with k > 1), whether each was found, the
     target class and its confidence on the full image, and per image the search's mutants the model evaluated and
-    those answered from the cache (section 5's search only, not the extraction)."""
+    those answered from the cache (section 5's search only), the partitions combined into the map, and the model
+    evaluations of the extraction (None for an extraction type that does not count them)."""
 
     maps: Tensor
     explanations: Tensor
@@ -81,6 +102,16 @@ class ReXResult:
     confidence: Tensor
     mutants_evaluated: Tensor
     mutants_answered: Tensor
+    partitions: Tensor
+    extraction_evaluated: Tensor | None
+
+    @property
+    def model_evaluated(self) -> Tensor | None:
+        """Model evaluations per image (B,): the full image twice (target, search) and the blank image once, the
+        search's mutants and the extraction's prefixes; None where the extraction is not counted."""
+        if self.extraction_evaluated is None:
+            return None
+        return 3 + self.mutants_evaluated.to(self.extraction_evaluated.device) + self.extraction_evaluated
 
     @property
     def size(self) -> Tensor:
@@ -112,18 +143,24 @@ class ReX:
         maps = responsibility_map(
             engine, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
             cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget, cfg.cache, counts,
+            cfg.combination, cfg.max_partitions, cfg.wave, cfg.stable_top, cfg.stable_iou,
         )
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":
             ex = spotlight_explanations(engine, images, maps, target, generator, cfg.n_explanations, cfg.overlap,
                                         cfg.min_confidence, cfg.candidates)
         elif cfg.n_explanations > 1:
             ex = multiple_explanations(engine, images, maps, target, cfg.n_explanations, cfg.overlap, cfg.separation,
-                                       cfg.min_confidence, cfg.candidates)
+                                       cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, cfg.step,
+                                       cfg.check)
+        elif cfg.explanation == "global":
+            ex = extract_by(cfg.extraction, engine, images, maps, target, None, cfg.min_confidence, cfg.candidates,
+                            confidence, cfg.step, cfg.check)
         else:
             ex = EXTRACTORS[cfg.explanation](engine, images, maps, target, min_confidence=cfg.min_confidence,
                                              candidates=cfg.candidates, full_confidence=confidence)
         return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
-                         mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"])
+                         mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"],
+                         partitions=counts["partitions"], extraction_evaluated=ex.evaluated)
 
 
 @explainer("rex", access="black")
@@ -134,5 +171,8 @@ def rex_explain(model: nn.Module, images: Tensor, target: Tensor, min_confidence
     first = res.explanations if res.explanations.dim() == 4 else res.explanations[:, 0]
     found = res.found if res.found.dim() == 1 else res.found[:, 0]
     scores = {"found": found, "mutants_evaluated": res.mutants_evaluated.float(),
-              "mutants_cached": res.mutants_answered.float()}
+              "mutants_cached": res.mutants_answered.float(), "partitions": res.partitions.float()}
+    if res.extraction_evaluated is not None:
+        scores["extraction_evaluations"] = res.extraction_evaluated.float()
+        scores["model_evaluations"] = res.model_evaluated.float()
     return Explanation(maps=res.maps, explanation=first, scores=scores)
