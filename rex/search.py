@@ -78,7 +78,7 @@ class _Combined:
         if self.style == "average":
             _add_boxes(self.total, image, boxes, values)
         else:
-            self.pending.append((search, boxes, values))
+            self.pending.append((search, boxes.to(values.device), values))
 
     def end_wave(self, image_of: Tensor) -> None:
         """Multiply the finished searches' 1 + map into their images' products (search s explains `image_of[s]`)."""
