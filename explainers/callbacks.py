@@ -37,6 +37,8 @@ class EvaluationCallback(L.Callback):
     folder = "evaluation"
     #: npz file name pattern ({stage}, {task})
     npz_name = "{stage}_{task}"
+    #: arrays kept in the results for the figures but not written to the npz (e.g. the images themselves)
+    unsaved: tuple[str, ...] = ()
 
     def __init__(self, num_images: int = 16, split: str = "test", batch_size: int = 8, num_log: int = 4,
                  run_after_fit: bool = True, run_after_test: bool = True, model_attr: str | None = "model") -> None:
@@ -177,7 +179,8 @@ class EvaluationCallback(L.Callback):
         out.mkdir(parents=True, exist_ok=True)
         for name, fig in figures:
             fig.savefig(out / f"{name}.png", dpi=100)
-        arrays = {k: v.numpy() for k, v in results.items() if isinstance(v, Tensor) and v.dim() > 1}
+        arrays = {k: v.numpy() for k, v in results.items()
+                  if isinstance(v, Tensor) and v.dim() > 1 and k not in self.unsaved}
         if arrays:
             np.savez_compressed(out / f"{self.npz_name.format(stage=stage, task=task)}.npz",
                                 index=columns["index"].numpy(), **arrays)

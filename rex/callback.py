@@ -27,6 +27,7 @@ class ReXCallback(EvaluationCallback):
 
     folder = "rex"
     npz_name = "{stage}_maps"
+    unsaved = ("images",)
 
     def __init__(self, num_images: int = 16, split: str = "test", rex: dict[str, Any] | ReXConfig | None = None,
                  batch_size: int = 8, steps: int = 50, num_log: int = 4, run_after_fit: bool = True,
@@ -57,7 +58,6 @@ class ReXCallback(EvaluationCallback):
                               if not k.endswith(("_n", "_nan")) and k not in ("target", "confidence", "target_std",
                                                                              "confidence_std", "model_calls_std",
                                                                              "seconds_std")}
-        self._images = results.pop("images")
         return results
 
     def figures(self, task: str, stage: str, results: dict[str, Any]) -> list[tuple[str, Figure]]:
@@ -65,7 +65,7 @@ class ReXCallback(EvaluationCallback):
         out = []
         for i in range(min(self.num_log, len(cols["index"]))):
             title = f"image {int(cols['index'][i])}: class {int(cols['target'][i])} (p = {float(cols['confidence'][i]):.2f})"
-            fig = overlay_figure(self._images[i], results["maps"][i], title, results["explanations"][i],
+            fig = overlay_figure(results["images"][i], results["maps"][i], title, results["explanations"][i],
                                  map_title="responsibility")
             out.append((f"{stage}_{int(cols['index'][i])}", fig))
         return out

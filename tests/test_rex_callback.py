@@ -42,6 +42,7 @@ def test_rex_callback_logs_metrics_and_overlays_with_csv_logger(tiny_classifier,
     assert sorted(p.name for p in out.glob("*.png")) == ["test_0.png", "test_1.png"]
     saved = np.load(out / "test_maps.npz")
     assert saved["maps"].shape == (3, 32, 32) and saved["explanations"].dtype == bool
+    assert "images" not in saved.files and cb.results["rex"]["images"].shape == (3, 3, 32, 32)
     record = json.loads((out / "test_rex.json").read_text())
     assert len(record["images"]) == 3 and record["summary"]["size"] == pytest.approx(s["size"])
 
