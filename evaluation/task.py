@@ -20,7 +20,9 @@ class ExplainTask(L.LightningModule):
                  target: int | None = None, dataset: Any = None, steps: int = 50, seed: int = 0,
                  metrics: bool = True, srg_masks: int = 128, min_confidence: float | str = "auto") -> None:
         super().__init__()
-        self.held = torch.nn.ModuleList([m for m in {id(m): m for m in [*loaded.models.values(), *loaded.modules]}.values()])
+        modules = [*loaded.models.values(), *loaded.modules]
+        # a module may fill several roles (the explainer's reference classifier is the classifier): hold each once
+        self.held = torch.nn.ModuleList({id(m): m for m in modules}.values())
         object.__setattr__(self, "loaded", loaded)
         self.methods, self.options, self.fixed_target, self.dataset = methods, options, target, dataset
         self.steps, self.seed, self.with_metrics, self.srg_masks = steps, seed, metrics, srg_masks
