@@ -1,8 +1,8 @@
 """Contrastive and complete explanations (rex-xai 0.4.1's `--contrastive` and `--complete`), batched over images.
 
-Both walk the responsibility ranking `chunk` pixels at a time, as the tool does; their tests are not monotone in the
-prefix size, so every image's steps are scanned in order, `candidates` steps per image and model call, and an image
-stops at its first hit.
+Both walk the responsibility ranking `step` pixels at a time (the tool's chunk size, 10); their tests are not monotone
+in the prefix size, so every image's steps are scanned in order, `candidates` steps per image and model call, and an
+image stops at its first hit. `evaluated` counts the model evaluations per image.
 
 Differences from the tool: with a batch size above 1 the tool keeps the last contrastive hit of a batch, here always
 the first (the tool's default batch size of 1); the tool's complete search starts by adding a chunk even when the
@@ -42,12 +42,16 @@ class Complete(Extraction):
     contrastive: Tensor
 
 
-def _scan(n_steps: Tensor, candidates: int, tests: int, probe: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+def _scan(
+    n_steps: Tensor, candidates: int, tests: int, probe: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
     """First step (B, tests) of 0 .. n_steps - 1 at which each of `probe`'s tests holds (-1 where none), scanning every
-    image's steps in order, `candidates` per image and call; an image stops once its test 0 held."""
+    image's steps in order, `candidates` per image and call (an image stops once its test 0 held), and the steps
+    probed per image (B,)."""
     dev = n_steps.device
     never = torch.iinfo(torch.long).max
     first = torch.full((len(n_steps), tests), never, device=dev)
+    probed = torch.zeros_like(n_steps)
     start = torch.zeros_like(n_steps)
     active = (n_steps > 0).nonzero()[:, 0]
     while active.numel() > 0:
@@ -55,11 +59,12 @@ def _scan(n_steps: Tensor, candidates: int, tests: int, probe: Callable[[Tensor,
         row, col = (steps < n_steps[active, None]).nonzero(as_tuple=True)
         step = steps[row, col]
         ok = probe(active[row], step)
+        probed.index_add_(0, active[row], torch.ones_like(row))
         hit = torch.where(ok, step[:, None], never)
         first.scatter_reduce_(0, active[row, None].expand_as(hit), hit, "amin")
         start[active] += candidates
         active = active[(first[active, 0] == never) & (start[active] < n_steps[active])]
-    return torch.where(first == never, -1, first)
+    return torch.where(first == never, -1, first), probed
 
 
 def contrastive_extract(
@@ -70,27 +75,29 @@ def contrastive_extract(
     min_confidence: float = 0.0,
     candidates: int = 32,
     full_confidence: Tensor | None = None,
-    chunk: int = 10,
+    step: int = 10,
 ) -> Contrastive:
-    """rex-xai's `--contrastive`: the first prefix of the ranking (grown `chunk` pixels at a time) that alone keeps the
+    """rex-xai's `--contrastive`: the first prefix of the ranking (grown `step` pixels at a time) that alone keeps the
     target class with at least the full image's confidence (to 4 decimals) and whose removal from the full image
     changes the class: sufficient and necessary."""
-    if chunk < 1:
-        raise ValueError(f"chunk must be at least 1 pixel, got {chunk}")
+    if step < 1:
+        raise ValueError(f"step must be at least 1 pixel, got {step}")
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
+    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
     if full_confidence is None:
         full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
+        evaluated += 1
     rank = pixel_rank(maps.to(dev))
     full = torch.round(full_confidence, decimals=CONTRASTIVE_DECIMALS)
     least = torch.round(min_confidence * full_confidence, decimals=CONTRASTIVE_DECIMALS)
 
-    def prefix(img: Tensor, step: Tensor) -> Tensor:
-        return (rank[img] < (chunk * (step + 1)).clamp(max=h * w)[:, None]).view(-1, h, w)
+    def prefix(img: Tensor, j: Tensor) -> Tensor:
+        return (rank[img] < (step * (j + 1)).clamp(max=h * w)[:, None]).view(-1, h, w)
 
-    def probe(img: Tensor, step: Tensor) -> Tensor:
-        visible = prefix(img, step)
+    def probe(img: Tensor, j: Tensor) -> Tensor:
+        visible = prefix(img, j)
         kept = engine.masked_probabilities(images, img, visible)
         removed = engine.masked_probabilities(images, img, ~visible)
         t = target[img]
@@ -99,8 +106,8 @@ def contrastive_extract(
         necessary = keeps & (conf >= full[img]) & (removed.argmax(1) != t)
         return torch.stack([necessary, keeps & (conf >= least[img])], 1)
 
-    n_steps = torch.full((b,), -(-h * w // chunk), device=dev)
-    first = _scan(n_steps, candidates, 2, probe)
+    n_steps = torch.full((b,), -(-h * w // step), device=dev)
+    first, probed = _scan(n_steps, candidates, 2, probe)
     found = first[:, 0] >= 0
     idx = torch.arange(b, device=dev)
     mask = prefix(idx, first[:, 0]) & found[:, None, None]
@@ -109,7 +116,8 @@ def contrastive_extract(
     hit = found.nonzero()[:, 0]
     if hit.numel() > 0:
         removed_class[hit] = engine.masked_probabilities(images, hit, ~mask[hit]).argmax(1)
-    return Contrastive(mask=mask[:, None], found=found, sufficient=sufficient[:, None], removed_class=removed_class)
+    return Contrastive(mask=mask[:, None], found=found, evaluated=evaluated + 2 * probed + found.long(),
+                       sufficient=sufficient[:, None], removed_class=removed_class)
 
 
 def complete_extract(
@@ -120,33 +128,36 @@ def complete_extract(
     min_confidence: float = 0.0,
     candidates: int = 32,
     full_confidence: Tensor | None = None,
-    chunk: int = 10,
+    step: int = 10,
     decimals: int = 2,
 ) -> Complete:
-    """rex-xai's `--complete`: the contrastive explanation, then pixels from the low end of the ranking added `chunk`
+    """rex-xai's `--complete`: the contrastive explanation, then pixels from the low end of the ranking added `step`
     at a time until the target class comes back with the full image's confidence (equal to `decimals` decimals)."""
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
+    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
     if full_confidence is None:
         full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
-    con = contrastive_extract(engine, images, maps, target, min_confidence, candidates, full_confidence, chunk)
+        evaluated += 1
+    con = contrastive_extract(engine, images, maps, target, min_confidence, candidates, full_confidence, step)
     rank = pixel_rank(maps.to(dev))
     core = con.mask.flatten(1)
     free = h * w - core.sum(1)
     goal = torch.round(full_confidence, decimals=decimals)
 
-    def grown(img: Tensor, step: Tensor) -> Tensor:
-        return (core[img] | (rank[img] >= h * w - (chunk * step).minimum(free[img])[:, None])).view(-1, h, w)
+    def grown(img: Tensor, j: Tensor) -> Tensor:
+        return (core[img] | (rank[img] >= h * w - (step * j).minimum(free[img])[:, None])).view(-1, h, w)
 
-    def probe(img: Tensor, step: Tensor) -> Tensor:
-        probs = engine.masked_probabilities(images, img, grown(img, step))
+    def probe(img: Tensor, j: Tensor) -> Tensor:
+        probs = engine.masked_probabilities(images, img, grown(img, j))
         t = target[img]
         conf = torch.round(probs.gather(1, t[:, None])[:, 0], decimals=decimals)
         return ((probs.argmax(1) == t) & (conf == goal[img]))[:, None]
 
-    n_steps = torch.where(con.found, -(-free // chunk) + 1, 0)
-    first = _scan(n_steps, candidates, 1, probe)[:, 0]
-    found = first >= 0
-    mask = grown(torch.arange(b, device=dev), first.clamp(min=0)) & found[:, None, None]
-    return Complete(mask=mask[:, None], found=found, contrastive=con.mask)
+    n_steps = torch.where(con.found, -(-free // step) + 1, 0)
+    first, probed = _scan(n_steps, candidates, 1, probe)
+    found = first[:, 0] >= 0
+    mask = grown(torch.arange(b, device=dev), first[:, 0].clamp(min=0)) & found[:, None, None]
+    return Complete(mask=mask[:, None], found=found, evaluated=evaluated + con.evaluated + probed,
+                    contrastive=con.mask)

@@ -34,8 +34,9 @@ class ReXConfig:
     measured 2x faster per mutant than 512 for a small CNN), 1024 on an accelerator. `engine` runs the model's
     black-box queries eagerly, compiled or under ONNX Runtime (`models.queries.QueryEngine`).
     `explanation` picks the type extracted from the maps (`EXTRACTORS`: rex-xai's global, spatial, contrastive or
-    complete); with `n_explanations` > 1 (global only), `overlap_rule` "fraction" is `multiple_explanations`' own
-    overlap control and "dice" rex-xai's (`spotlight_explanations`, `overlap` = the permitted Dice coefficient).
+    complete; contrastive and complete scan every `step`, their tests not being monotone in the prefix size); with
+    `n_explanations` > 1 (global only), `overlap_rule` "fraction" is `multiple_explanations`' own overlap control and
+    "dice" rex-xai's (`spotlight_explanations`, `overlap` = the permitted Dice coefficient).
     `n_partitions` "auto" runs partitions in waves of `wave` until an image's map is stable: the first 10 %
     (`stable_top`) of its ranking has IoU >= 0.9 (`stable_iou`) with the previous wave's, at most `max_partitions`
     (`rex.search.responsibility_map`). `combination` "average" is Algorithm 3's mean of the partitions' maps,
@@ -147,7 +148,8 @@ class ReX:
         )
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":
             ex = spotlight_explanations(engine, images, maps, target, generator, cfg.n_explanations, cfg.overlap,
-                                        cfg.min_confidence, cfg.candidates)
+                                        cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, cfg.step,
+                                        cfg.check)
         elif cfg.n_explanations > 1:
             ex = multiple_explanations(engine, images, maps, target, cfg.n_explanations, cfg.overlap, cfg.separation,
                                        cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, cfg.step,
@@ -155,9 +157,12 @@ class ReX:
         elif cfg.explanation == "global":
             ex = extract_by(cfg.extraction, engine, images, maps, target, None, cfg.min_confidence, cfg.candidates,
                             confidence, cfg.step, cfg.check)
+        elif cfg.explanation == "spatial":
+            ex = spatial_extract(engine, images, maps, target, cfg.min_confidence, cfg.candidates, confidence,
+                                 cfg.extraction, cfg.step, cfg.check)
         else:
             ex = EXTRACTORS[cfg.explanation](engine, images, maps, target, min_confidence=cfg.min_confidence,
-                                             candidates=cfg.candidates, full_confidence=confidence)
+                                             candidates=cfg.candidates, full_confidence=confidence, step=cfg.step)
         return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
                          mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"],
                          partitions=counts["partitions"], extraction_evaluated=ex.evaluated)

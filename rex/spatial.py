@@ -5,7 +5,8 @@ Differences from the tool: its radius update `int(r * (1 + growth))` stalls belo
 here every step grows the radius by at least one pixel; the tool stops without an explanation once a circle covers
 the whole image, here that circle (the full image) is tested too, so a spatial explanation exists wherever a global
 one does; the tool ranks the pixels of the whole image with the map set to 0 outside the circle (zero-responsibility
-pixels outside can come before those inside), here only the circle's pixels are ranked.
+pixels outside can come before those inside), here only the circle's pixels are ranked; the tool tests one circle
+at a time, here all circles of all images go to the model together (a few evaluations more, one round).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from models.queries import QueryEngine
-from rex.extraction import Extraction, extract
+from rex.extraction import Extraction, ExtractionMethod, extract_by
 from rex.search import passes
 
 
@@ -48,11 +49,11 @@ def sufficient_circles(
     radius: int = 25,
     growth: float = 0.2,
     expansions: int | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """rex-xai's spatial search: for each search n (image `img[n]`, centre `centre[n]`), the first of its growing
     circles (at most `expansions`, None = until one covers the image) whose pixels alone keep the target class with
-    `min_confidence` x the full image's confidence, as a mask (N, H, W), and whether one does (N,); all circles of
-    all searches go to the model together."""
+    `min_confidence` x the full image's confidence, as a mask (N, H, W), whether one does (N,) and the circles the
+    model evaluated (N,); all circles of all searches go to the model together."""
     if radius < 1 or growth < 0 or (expansions is not None and expansions < 1):
         raise ValueError(f"spatial search needs radius >= 1, growth >= 0 and expansions >= 1 (or None); got "
                          f"radius={radius}, growth={growth}, expansions={expansions}")
@@ -71,7 +72,7 @@ def sufficient_circles(
     first = torch.full((len(centre),), none, device=dev).scatter_reduce(0, n[ok], j[ok], "amin")
     found = first < none
     circle = circle_masks(centre, radii[first.clamp(max=none - 1)], h, w) & found[:, None, None]
-    return circle, found
+    return circle, found, tried.sum(1)
 
 
 def spatial_extract(
@@ -82,21 +83,27 @@ def spatial_extract(
     min_confidence: float = 0.0,
     candidates: int = 32,
     full_confidence: Tensor | None = None,
+    method: ExtractionMethod = "search",
+    step: int = 1,
+    check: int | None = 64,
     radius: int = 25,
     growth: float = 0.2,
 ) -> Extraction:
     """rex-xai's spatial explanation: a circle of `radius` pixels around each map's maximum (first on ties), grown by
     `growth` (20 %) per step until its pixels alone keep the class, then the smallest sufficient prefix of the map's
-    ranking inside it (Algorithm 3, lines 10-17)."""
+    ranking inside it (Algorithm 3, lines 10-17, by `method` in steps of `step` pixels, see `extract_by`)."""
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
     maps = maps.to(dev)
+    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
     if full_confidence is None:
         full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
+        evaluated += 1
     peak = maps.flatten(1).argmax(1)
     centre = torch.stack([peak // w, peak % w], 1)
-    circle, _ = sufficient_circles(engine, images, torch.arange(b, device=dev), centre, target, full_confidence,
-                                       min_confidence, radius, growth)
-    return extract(engine, images, maps, target, region=circle, min_confidence=min_confidence, candidates=candidates,
-                   full_confidence=full_confidence)
+    circle, _, circles = sufficient_circles(engine, images, torch.arange(b, device=dev), centre, target,
+                                            full_confidence, min_confidence, radius, growth)
+    ex = extract_by(method, engine, images, maps, target, circle, min_confidence, candidates, full_confidence, step,
+                    check)
+    return Extraction(mask=ex.mask, found=ex.found, evaluated=evaluated + circles + ex.evaluated)

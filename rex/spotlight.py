@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from models.queries import QueryEngine
-from rex.extraction import Extraction, extract
+from rex.extraction import Extraction, ExtractionMethod, extract_by
 from rex.spatial import sufficient_circles
 
 #: The Dice rule enumerates every subset of the explanations.
@@ -71,6 +71,10 @@ def spotlight_explanations(
     permitted_overlap: float = 0.0,
     min_confidence: float = 0.0,
     candidates: int = 32,
+    full_confidence: Tensor | None = None,
+    method: ExtractionMethod = "search",
+    step: int = 1,
+    check: int | None = 64,
     radius: int = 25,
     growth: float = 0.2,
     expansions: int = 4,
@@ -78,14 +82,18 @@ def spotlight_explanations(
 ) -> Extraction:
     """rex-xai's `--multi k`: the global explanation and k - 1 spotlights (spatial searches of at most `expansions`
     circles from a random centre, up to `budget` + 1 distinct centres each), of which `dice_separation` keeps the
-    largest compatible set: masks (B, k, 1, H, W), the kept ones first in their search order, found (B, k)."""
+    largest compatible set: masks (B, k, 1, H, W), the kept ones first in their search order, found (B, k); each
+    explanation extracted by `method` in steps of `step` pixels (`extract_by`)."""
     if k < 1 or budget < 0:
         raise ValueError(f"spotlight search needs k >= 1 and budget >= 0; got k={k}, budget={budget}")
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
     maps = maps.to(dev)
-    full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
+    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
+    if full_confidence is None:
+        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
+        evaluated += 1
     n_spot = k - 1
     img = torch.arange(b, device=dev).repeat_interleave(n_spot)
     draws = torch.rand(b * n_spot, h * w, generator=generator).topk(min(budget + 1, h * w), dim=1).indices.to(dev)
@@ -96,16 +104,18 @@ def spotlight_explanations(
         todo = (~hit).nonzero()[:, 0]
         if todo.numel() == 0:
             break
-        circle[todo], hit[todo] = sufficient_circles(engine, images, img[todo], centres[todo, t], target,
-                                                     full_confidence, min_confidence, radius, growth, expansions)
+        circle[todo], hit[todo], tried = sufficient_circles(engine, images, img[todo], centres[todo, t], target,
+                                                            full_confidence, min_confidence, radius, growth,
+                                                            expansions)
+        evaluated.index_add_(0, img[todo], tried)
     circle = circle.view(b, n_spot, h, w)
-    exs = [extract(engine, images, maps, target, min_confidence=min_confidence, candidates=candidates,
-                   full_confidence=full_confidence)]
-    exs += [extract(engine, images, maps, target, region=circle[:, j], min_confidence=min_confidence,
-                    candidates=candidates, full_confidence=full_confidence) for j in range(n_spot)]
+    regions = [None] + [circle[:, j] for j in range(n_spot)]
+    exs = [extract_by(method, engine, images, maps, target, region, min_confidence, candidates, full_confidence, step,
+                      check) for region in regions]
+    evaluated += sum(ex.evaluated for ex in exs)
     masks = torch.stack([ex.mask for ex in exs], 1)
     keep = dice_separation(masks, torch.stack([ex.found for ex in exs], 1), permitted_overlap)
     order = torch.argsort((~keep).long(), dim=1, stable=True)
     kept = keep.gather(1, order)
     masks = masks.gather(1, order[:, :, None, None, None].expand_as(masks)) & kept[..., None, None, None]
-    return Extraction(mask=masks, found=kept)
+    return Extraction(mask=masks, found=kept, evaluated=evaluated)

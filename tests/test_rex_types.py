@@ -5,7 +5,7 @@ from torch import nn
 
 import explainers
 import rex
-from models import QueryEngine
+from models import CallCounter, QueryEngine
 from rex.explainer import EXTRACTORS
 from rex.spatial import _radii
 
@@ -77,12 +77,14 @@ def test_spatial_circle_grows_until_it_keeps_the_class():
     centre = torch.tensor([[2, 2]])
     full = torch.ones(1)
     # radius 1 misses A's corners; the next circle (radius 2) holds all of A
-    circle, found = rex.sufficient_circles(QueryEngine(model), x, torch.tensor([0]), centre, ONE, full, radius=1)
+    circle, found, tried = rex.sufficient_circles(QueryEngine(model), x, torch.tensor([0]), centre, ONE, full,
+                                                  radius=1)
     assert found.item() and torch.equal(circle, rex.circle_masks(centre, torch.tensor([2]), H, W))
+    assert tried.tolist() == [14]  # all circles up to the first covering the image (radius 19) go to the model at once
     far = torch.tensor([[7, 7]])
-    _, found = rex.sufficient_circles(QueryEngine(model), x, torch.tensor([0]), far, ONE, full, radius=1,
-                                      expansions=2)
-    assert not found.item()
+    _, found, tried = rex.sufficient_circles(QueryEngine(model), x, torch.tensor([0]), far, ONE, full, radius=1,
+                                             expansions=2)
+    assert not found.item() and tried.tolist() == [2]
     with pytest.raises(ValueError, match="expansions >= 1"):
         rex.sufficient_circles(QueryEngine(model), x, torch.tensor([0]), far, ONE, full, expansions=0)
 
@@ -110,7 +112,7 @@ def test_contrastive_is_sufficient_and_its_removal_changes_the_class():
     engine = QueryEngine(model)
     # A alone keeps the class (sufficient), but B still holds it once A is removed; B's first ranked pixel is enough
     # to break B, so A and that pixel are sufficient and necessary
-    con = rex.contrastive_extract(engine, x, _ranked_map(), ONE, chunk=1)
+    con = rex.contrastive_extract(engine, x, _ranked_map(), ONE, step=1)
     assert con.found.item() and con.removed_class.tolist() == [0]
     expected = _region(REGION_A)
     expected[10, 10] = True
@@ -125,7 +127,7 @@ def test_contrastive_needs_the_full_images_confidence():
     model = DistractedModel()
     x = _image(distractor=True)
     # A alone keeps class 1 and its removal flips it, but with less confidence than the full image: B is needed too
-    con = rex.contrastive_extract(QueryEngine(model), x, _ranked_map(), ONE, chunk=1)
+    con = rex.contrastive_extract(QueryEngine(model), x, _ranked_map(), ONE, step=1)
     assert torch.equal(con.sufficient[0, 0], _region(REGION_A))
     assert torch.equal(con.mask[0, 0], _region(REGION_A, REGION_B))
 
@@ -135,7 +137,7 @@ def test_complete_adds_the_lowest_ranked_pixels_until_the_confidence_is_restored
     x = _image(distractor=True)
     engine = QueryEngine(model)
     # A and B alone are more confident than the full image; all 9 D pixels (ranked last) bring it back to 2 decimals
-    com = rex.complete_extract(engine, x, _ranked_map(), ONE, chunk=1)
+    com = rex.complete_extract(engine, x, _ranked_map(), ONE, step=1)
     assert com.found.item()
     assert torch.equal(com.contrastive[0, 0], _region(REGION_A, REGION_B))
     assert torch.equal(com.mask[0, 0], _region(REGION_A, REGION_B, REGION_D))
@@ -146,7 +148,7 @@ def test_complete_adds_the_lowest_ranked_pixels_until_the_confidence_is_restored
     eight[0, 0, 10, 1] = False
     assert round(torch.softmax(model(torch.where(eight, x, 0.0)), 1)[0, 1].item(), 2) != round(full.item(), 2)
     # a contrastive explanation that already has the full confidence is complete itself
-    same = rex.complete_extract(QueryEngine(EitherModel()), _image(), _ranked_map(), ONE, chunk=1)
+    same = rex.complete_extract(QueryEngine(EitherModel()), _image(), _ranked_map(), ONE, step=1)
     assert torch.equal(same.mask, same.contrastive) and same.found.item()
 
 
@@ -157,11 +159,29 @@ def test_types_batched_equal_one_image_at_a_time():
     target = torch.ones(3, dtype=torch.long)
     engine = QueryEngine(model, max_batch=5)
     for fn in (rex.spatial_extract, rex.contrastive_extract, rex.complete_extract):
-        kw = {"radius": 3} if fn is rex.spatial_extract else {"chunk": 3}
+        kw = {"radius": 3, "step": 3} if fn is rex.spatial_extract else {"step": 3}
         batch = fn(engine, x, maps, target, candidates=4, **kw)
         for i in range(3):
             one = fn(engine, x[i:i + 1], maps[i:i + 1], target[i:i + 1], candidates=7, **kw)
             assert torch.equal(batch.mask[i], one.mask[0]) and batch.found[i] == one.found[0], (fn.__name__, i)
+
+
+def test_every_type_counts_its_model_evaluations():
+    model = DistractedModel()
+    x = torch.cat([_image(distractor=True), _image()])
+    maps = torch.cat([_ranked_map(), torch.rand(1, H, W, generator=torch.Generator().manual_seed(1))])
+    target = torch.ones(2, dtype=torch.long)
+    calls = {
+        "spatial": lambda e: rex.spatial_extract(e, x, maps, target, radius=3),
+        "contrastive": lambda e: rex.contrastive_extract(e, x, maps, target, candidates=5),
+        "complete": lambda e: rex.complete_extract(e, x, maps, target, step=2, candidates=5),
+        "spotlights": lambda e: rex.spotlight_explanations(e, x, maps, target, torch.Generator().manual_seed(0), k=3,
+                                                           radius=3, expansions=2),
+    }
+    for name, call in calls.items():
+        with CallCounter(model) as counter:
+            ex = call(QueryEngine(model, max_batch=1000))
+        assert ex.evaluated.shape == (2,) and counter.images == int(ex.evaluated.sum()), name
 
 
 def test_dice_coefficients_and_separation_follow_the_tool():
@@ -212,10 +232,13 @@ def test_rex_dispatches_every_type_on_its_own_maps():
     model = DistractedModel()
     x = torch.cat([_image(distractor=True), _image()])
     for kind, fn in EXTRACTORS.items():
-        res = rex.ReX(n_partitions=4, seed=3, explanation=kind).explain(model, x)
-        direct = fn(QueryEngine(model, 16), x, res.maps, res.target, full_confidence=res.confidence)
+        with CallCounter(model) as counter:
+            res = rex.ReX(n_partitions=4, seed=3, explanation=kind, step=10).explain(model, x)
+        assert counter.images == int(res.model_evaluated.sum()), kind
+        direct = fn(QueryEngine(model, 16), x, res.maps, res.target, full_confidence=res.confidence, step=10)
         assert torch.equal(res.explanations, direct.mask) and torch.equal(res.found, direct.found), kind
-        again = rex.ReX(n_partitions=4, seed=3, explanation=kind).explain(model, x)
+        assert torch.equal(res.extraction_evaluated, direct.evaluated), kind
+        again = rex.ReX(n_partitions=4, seed=3, explanation=kind, step=10).explain(model, x)
         assert torch.equal(again.explanations, res.explanations), kind
     e = explainers.get("rex")(model, x, n_partitions=4, seed=3, explanation="contrastive")
     assert torch.equal(e.explanation, rex.ReX(n_partitions=4, seed=3, explanation="contrastive").explain(model, x)
@@ -226,7 +249,9 @@ def test_rex_dice_rule_is_deterministic_with_a_seed():
     model = EitherModel()
     x = _image()
     cfg = dict(n_partitions=4, n_explanations=4, overlap_rule="dice")
-    r1 = rex.ReX(seed=1, **cfg).explain(model, x)
+    with CallCounter(model) as counter:
+        r1 = rex.ReX(seed=1, **cfg).explain(model, x)
+    assert counter.images == int(r1.model_evaluated.sum())
     r2 = rex.ReX(seed=1, **cfg).explain(model, x)
     assert r1.explanations.shape == (1, 4, 1, H, W)
     assert torch.equal(r1.explanations, r2.explanations) and torch.equal(r1.found, r2.found)
@@ -242,5 +267,5 @@ def test_unknown_types_and_options_are_clear_errors():
         rex.ReX(explanation="contrastive", n_explanations=3)
     with pytest.raises(ValueError, match="unknown ReX options"):
         rex.ReX(spotlights=3)
-    with pytest.raises(ValueError, match="chunk must be at least 1"):
-        rex.contrastive_extract(QueryEngine(EitherModel()), _image(), _ranked_map(), ONE, chunk=0)
+    with pytest.raises(ValueError, match="step must be at least 1"):
+        rex.contrastive_extract(QueryEngine(EitherModel()), _image(), _ranked_map(), ONE, step=0)
