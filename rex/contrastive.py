@@ -8,7 +8,9 @@ Differences from the tool: with a batch size above 1 the tool keeps the last con
 the first (the tool's default batch size of 1); the tool's complete search starts by adding a chunk even when the
 contrastive explanation already has the full image's confidence to 2 decimals, here that explanation is complete
 itself; the tool reports the added pixels alone as its complete mask, here `mask` is the whole complete explanation
-(the contrastive core and the added pixels) and `contrastive` the core.
+(the contrastive core and the added pixels) and `contrastive` the core; where the sufficient explanation is the
+whole image the tool reports no contrastive one, here the whole image counts when its removal (the blank image)
+changes the class.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ CONTRASTIVE_DECIMALS = 4
 @dataclass(kw_only=True)
 class Contrastive(Extraction):
     """Sufficient and necessary explanations `mask` (B, 1, H, W), whether found, the first sufficient prefix on the
-    same chunk grid `sufficient` (B, 1, H, W), and the class (B,) of the image with `mask` removed (-1 where none)."""
+    same step grid `sufficient` (B, 1, H, W), and the class (B,) of the image with `mask` removed (-1 where none)."""
 
     sufficient: Tensor
     removed_class: Tensor
