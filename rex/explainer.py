@@ -42,7 +42,8 @@ class ReXConfig:
     (`rex.search.responsibility_map`). `combination` "average" is Algorithm 3's mean of the partitions' maps,
     "multiplicative" rex-xai 0.4.1's default product. `extraction` "search" is `rex.extraction.extract` (geometric
     prefix sizes refined, then up to `check` untested sizes below the result tested), "scan" the exhaustive
-    `rex.extraction.scan`; both test prefixes in steps of `step` pixels (rex-xai's chunk size is 10)."""
+    `rex.extraction.scan`; both test prefixes in steps of `step` pixels (None: 1 pixel for global and spatial, and
+    rex-xai's chunk of 10 for the contrastive and complete scans, which otherwise cost two evaluations per pixel)."""
 
     n_partitions: int | Literal["auto"] = 20
     max_partitions: int = 40
@@ -61,7 +62,7 @@ class ReXConfig:
     min_confidence: float = 0.0
     candidates: int = 32
     extraction: ExtractionMethod = "search"
-    step: int = 1
+    step: int | None = None
     check: int | None = 64
     explanation: ExplanationType = "global"
     n_explanations: int = 1
@@ -140,6 +141,7 @@ class ReX:
         target = target.to(images.device).expand(images.shape[0])
         confidence = probs.gather(1, target[:, None])[:, 0]
         generator = torch.Generator().manual_seed(cfg.seed)
+        step = cfg.step or (10 if cfg.explanation in ("contrastive", "complete") else 1)
         counts: dict[str, Tensor] = {}
         maps = responsibility_map(
             engine, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
@@ -148,21 +150,21 @@ class ReX:
         )
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":
             ex = spotlight_explanations(engine, images, maps, target, generator, cfg.n_explanations, cfg.overlap,
-                                        cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, cfg.step,
+                                        cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, step,
                                         cfg.check)
         elif cfg.n_explanations > 1:
             ex = multiple_explanations(engine, images, maps, target, cfg.n_explanations, cfg.overlap, cfg.separation,
-                                       cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, cfg.step,
+                                       cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, step,
                                        cfg.check)
         elif cfg.explanation == "global":
             ex = extract_by(cfg.extraction, engine, images, maps, target, None, cfg.min_confidence, cfg.candidates,
-                            confidence, cfg.step, cfg.check)
+                            confidence, step, cfg.check)
         elif cfg.explanation == "spatial":
             ex = spatial_extract(engine, images, maps, target, cfg.min_confidence, cfg.candidates, confidence,
-                                 cfg.extraction, cfg.step, cfg.check)
+                                 cfg.extraction, step, cfg.check)
         else:
             ex = EXTRACTORS[cfg.explanation](engine, images, maps, target, min_confidence=cfg.min_confidence,
-                                             candidates=cfg.candidates, full_confidence=confidence, step=cfg.step)
+                                             candidates=cfg.candidates, full_confidence=confidence, step=step)
         return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
                          mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"],
                          partitions=counts["partitions"], extraction_evaluated=ex.evaluated)
