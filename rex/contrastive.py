@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from models.queries import QueryEngine
-from rex.extraction import Extraction, pixel_rank
+from rex.extraction import Extraction, full_image_confidence, pixel_rank
 
 #: The tool compares confidences rounded to 4 decimals in its sufficiency and contrastive tests.
 CONTRASTIVE_DECIMALS = 4
@@ -87,10 +87,7 @@ def contrastive_extract(
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
-    if full_confidence is None:
-        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
-        evaluated += 1
+    full_confidence, evaluated = full_image_confidence(engine, images, target, full_confidence)
     rank = pixel_rank(maps.to(dev))
     full = torch.round(full_confidence, decimals=CONTRASTIVE_DECIMALS)
     least = torch.round(min_confidence * full_confidence, decimals=CONTRASTIVE_DECIMALS)
@@ -138,10 +135,7 @@ def complete_extract(
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
-    if full_confidence is None:
-        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
-        evaluated += 1
+    full_confidence, evaluated = full_image_confidence(engine, images, target, full_confidence)
     con = contrastive_extract(engine, images, maps, target, min_confidence, candidates, full_confidence, step)
     rank = pixel_rank(maps.to(dev))
     core = con.mask.flatten(1)

@@ -30,6 +30,17 @@ class Extraction:
         return torch.where(self.found, frac, torch.ones_like(frac))
 
 
+
+def full_image_confidence(engine: QueryEngine, images: Tensor, target: Tensor,
+                          full_confidence: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Algorithm 3's reference: the target's confidence (B,) on the full images, `full_confidence` when the caller
+    has it, and the model evaluations (B,) this spent (1 per image when it had to ask, else 0)."""
+    evaluated = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+    if full_confidence is None:
+        full_confidence = engine.probabilities(images).gather(1, target.to(images.device)[:, None])[:, 0]
+        evaluated += 1
+    return full_confidence, evaluated
+
 def pixel_rank(maps: Tensor, region: Tensor | None = None) -> Tensor:
     """Algorithm 3, line 9: rank (B, H*W) of every pixel, high responsibility first, ties by pixel index;
     pixels outside `region` (B, H, W) come last."""
@@ -65,11 +76,7 @@ class _Prefixes:
         self.limit = region.flatten(1).sum(1) if region is not None else torch.full((b,), h * w, device=dev)
         self.step = step
         self.n = -(-self.limit // step)
-        self.evaluated = torch.zeros(b, dtype=torch.long, device=dev)
-        if full_confidence is None:
-            full_confidence = engine.probabilities(images).gather(1, self.target[:, None])[:, 0]
-            self.evaluated += 1
-        self.full_confidence = full_confidence
+        self.full_confidence, self.evaluated = full_image_confidence(engine, images, self.target, full_confidence)
         self.tested = torch.zeros(b, int(self.n.max()) + 2 if b else 2, dtype=torch.bool, device=dev)
         self.passed = torch.zeros_like(self.tested)
 
@@ -230,10 +237,7 @@ def multiple_explanations(
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
-    if full_confidence is None:
-        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
-        evaluated += 1
+    full_confidence, evaluated = full_image_confidence(engine, images, target, full_confidence)
     rank = pixel_rank(maps.to(dev)).view(b, h, w)
     allowed = torch.ones(b, h, w, dtype=torch.bool, device=dev)
     alive = torch.ones(b, dtype=torch.bool, device=dev)

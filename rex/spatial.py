@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from models.queries import QueryEngine
-from rex.extraction import Extraction, ExtractionMethod, extract_by
+from rex.extraction import Extraction, ExtractionMethod, extract_by, full_image_confidence
 from rex.search import passes
 
 
@@ -96,10 +96,7 @@ def spatial_extract(
     dev = images.device
     target = target.to(dev)
     maps = maps.to(dev)
-    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
-    if full_confidence is None:
-        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
-        evaluated += 1
+    full_confidence, evaluated = full_image_confidence(engine, images, target, full_confidence)
     peak = maps.flatten(1).argmax(1)
     centre = torch.stack([peak // w, peak % w], 1)
     circle, _, circles = sufficient_circles(engine, images, torch.arange(b, device=dev), centre, target,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from models.queries import QueryEngine
-from rex.extraction import Extraction, ExtractionMethod, extract_by
+from rex.extraction import Extraction, ExtractionMethod, extract_by, full_image_confidence
 from rex.spatial import sufficient_circles
 
 #: The Dice rule enumerates every subset of the explanations.
@@ -90,10 +90,7 @@ def spotlight_explanations(
     dev = images.device
     target = target.to(dev)
     maps = maps.to(dev)
-    evaluated = torch.zeros(b, dtype=torch.long, device=dev)
-    if full_confidence is None:
-        full_confidence = engine.probabilities(images).gather(1, target[:, None])[:, 0]
-        evaluated += 1
+    full_confidence, evaluated = full_image_confidence(engine, images, target, full_confidence)
     n_spot = k - 1
     img = torch.arange(b, device=dev).repeat_interleave(n_spot)
     draws = torch.rand(b * n_spot, h * w, generator=generator).topk(min(budget + 1, h * w), dim=1).indices.to(dev)
