@@ -42,14 +42,30 @@ class ConvPatchEmbed(PatchEmbed):
 
 
 default_cfgs = generate_default_cfgs(
-    {"vit_tiny_convpatch16": {"input_size": (3, 64, 64), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}}
+    {
+        "vit_tiny_convpatch16": {"input_size": (3, 64, 64), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD},
+        "vit_tiny_convpatch8": {"input_size": (3, 112, 112), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD},
+    }
 )
+
+
+def _tiny_vit(name: str, pretrained: bool, img_size: int, patch_size: int, **kwargs: Any) -> VisionTransformer:
+    if pretrained:
+        raise ValueError(f"{name} has no pretrained weights; set pretrained: false")
+    args = dict(img_size=img_size, patch_size=patch_size, embed_dim=96, depth=4, num_heads=3, reg_tokens=4,
+                no_embed_class=True)
+    return build_model_with_cfg(
+        VisionTransformer, name, pretrained=False, embed_layer=ConvPatchEmbed, **{**args, **kwargs}
+    )
 
 
 @register_model
 def vit_tiny_convpatch16(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """A 4-block ViT with per-patch convolutional embedding, 16 px patches and 4 registers (CPU-sized)."""
-    if pretrained:
-        raise ValueError("vit_tiny_convpatch16 has no pretrained weights; set pretrained: false")
-    args = dict(img_size=64, patch_size=16, embed_dim=96, depth=4, num_heads=3, reg_tokens=4, no_embed_class=True)
-    return build_model_with_cfg(VisionTransformer, "vit_tiny_convpatch16", pretrained=False, embed_layer=ConvPatchEmbed, **{**args, **kwargs})
+    """A 4-block ViT with per-patch convolutional embedding, 16 px patches and 4 registers (4 x 4 grid at 64 px)."""
+    return _tiny_vit("vit_tiny_convpatch16", pretrained, **{"img_size": 64, "patch_size": 16, **kwargs})
+
+
+@register_model
+def vit_tiny_convpatch8(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The same ViT with 8 px patches: a 14 x 14 grid at 112 px, the fine-grid benchmark's classifier."""
+    return _tiny_vit("vit_tiny_convpatch8", pretrained, **{"img_size": 112, "patch_size": 8, **kwargs})

@@ -11,7 +11,7 @@ def _perturb_masked(model, images, mask):
     return torch.where(pixels, images, torch.rand_like(images))
 
 
-@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "vit_tiny_convpatch16"])
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "vit_tiny_convpatch16", "vit_tiny_convpatch8"])
 def test_vit_masked_patches_do_not_change_any_logit(backbone):
     torch.manual_seed(0)
     model = build_classifier(**{**TINY_VIT, "backbone": backbone}).eval()

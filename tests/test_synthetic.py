@@ -122,3 +122,15 @@ def test_scenes_render_once_per_process_and_a_smaller_split_is_a_prefix(monkeypa
     assert torch.equal(bigger[7]["image"], (render_scene(11, "test", 7, img_size=24)["image"]))
     SyntheticScenes("test", 2, img_size=24, seed=12, progress=False)
     assert len(calls) == 10, "another seed is other scenes"
+
+
+@pytest.mark.parametrize("shape", CLASS_SHAPES + ("bar", "half_disk", "l_shape"))
+def test_shape_mask_window_equals_the_whole_grid_test(shape):
+    """shape_mask tests only a window around the shape; the same test on every pixel of the image agrees."""
+    from datamodules.scenes import _shape_window
+
+    size = 48
+    for cx, cy, scale, angle in ((24.0, 24.0, 13.0, 0.2), (3.0, 45.5, 11.0, -0.26), (40.2, 7.7, 9.5, 0.1)):
+        whole = _shape_window(shape, 0, size, 0, size, cx, cy, scale, angle)
+        assert torch.equal(shape_mask(shape, size, cx, cy, scale, angle), whole)
+        assert whole.any()
