@@ -51,7 +51,6 @@ class SyntheticScenes(Dataset):
             loader = DataLoader(missing, batch_size=256, num_workers=workers)
             chunks = list(tqdm(loader, desc=f"rendering {self.split} scenes", disable=not progress, leave=False))
             new = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
-            new["image"] = (new["image"] * 255).round().to(torch.uint8)
             done = new if done is None else {k: torch.cat([done[k], new[k]]) for k in done}
             _RENDERED[key] = done
         return {k: v[: self.size] for k, v in done.items()}
@@ -73,7 +72,8 @@ class SyntheticScenes(Dataset):
 
 
 class _Renderer(Dataset):
-    """Scenes `start`.. `scenes.size` - 1, rendered in loader workers."""
+    """Scenes `start`.. `scenes.size` - 1, rendered in loader workers and stored as 8-bit images (a quarter of the
+    memory of float ones while the chunks are collected: 40 000 scenes at 112 px hold 1.5 GB, not 6)."""
 
     def __init__(self, scenes: SyntheticScenes, start: int = 0) -> None:
         self.scenes, self.start = scenes, start
@@ -82,7 +82,9 @@ class _Renderer(Dataset):
         return self.scenes.size - self.start
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return self.scenes.render(self.start + index)
+        item = self.scenes.render(self.start + index)
+        item["image"] = (item["image"] * 255).round().to(torch.uint8)
+        return item
 
 
 class SyntheticDataModule(L.LightningDataModule):
