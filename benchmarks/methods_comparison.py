@@ -1,7 +1,8 @@
 """Every registered method on the same synthetic test images: the table behind ReX Tables 1-3 and Salvage Table 1.
 
     python benchmarks/methods_comparison.py --explainer runs/salvage_synthetic/checkpoints/best.ckpt \
-        [--vit-shapley runs/vit_shapley_synthetic/checkpoints/best.ckpt] --limit 200
+        [--vit-shapley runs/vit_shapley_synthetic/checkpoints/best.ckpt] --limit 200 \
+        [--variant kernel_shap.n_samples=2048 --variant lime.n_samples=2048]
 
 All methods run through the same explain run as explain.py (`evaluation.explain_images`) on the Salvage explainer checkpoint, so the black-box methods see the explainer's
 reference classifier and every method gets SRG / R-SRG on its surrogate; ground truth gives IN, OUT, RRA and RMA.
@@ -48,15 +49,21 @@ def masked_class(ckpt: str) -> int:
     return int(engine.probabilities(engine.blank(torch.zeros(1, 3, loaded.img_size, loaded.img_size))).argmax())
 
 
-def run(ckpt: str, methods: str, out: Path, args: argparse.Namespace) -> list[dict]:
-    """The explain run of one checkpoint on the first `--limit` test images."""
-    loaded = load_models(ckpt)
-    names = methods.split(",")
+def parse_options(items: list[str]) -> dict[str, dict]:
+    """`METHOD.NAME=VALUE` items as {method: {name: value}}."""
     options: dict[str, dict] = {}
-    for item in args.option:
+    for item in items:
         key, _, value = item.partition("=")
         method, _, name = key.partition(".")
         options.setdefault(method, {})[name] = yaml.safe_load(value)
+    return options
+
+
+def run(ckpt: str, methods: str, out: Path, args: argparse.Namespace, extra: list[str] = ()) -> list[dict]:
+    """The explain run of one checkpoint on the first `--limit` test images (`extra` options on top of --option)."""
+    loaded = load_models(ckpt)
+    names = methods.split(",")
+    options = parse_options(list(args.option) + list(extra))
     items, dataset, class_names = split_items(args.data, "test", args.data_arg, args.limit, loaded)
     return explain_images(loaded, names, items, out, options, None, dataset, class_names,
                           {"checkpoint": ckpt, "methods": names}, compare=len(names) > 1,
@@ -79,6 +86,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--srg-masks", type=int, default=128, help="R-SRG masks per subset size (Salvage: 128)")
     p.add_argument("--data-arg", action="append", default=[])
     p.add_argument("--option", action="append", default=[])
+    p.add_argument("--variant", action="append", default=[],
+                   help="an extra row: METHOD.NAME=VALUE[,NAME=VALUE] runs METHOD again with those options, labelled "
+                        "'METHOD NAME=VALUE' (e.g. kernel_shap.n_samples=2048)")
     p.add_argument("--reuse", action="store_true", help="tabulate the summary.json files of an earlier run in --out")
     args = p.parse_args(argv)
     discover()
@@ -89,19 +99,25 @@ def main(argv: list[str] | None = None) -> Path:
     usable = [m for m in available() if set(get(m).needs) <= stages and not get(m).required]
     names = args.methods.split(",") if args.methods else [m for m in usable if m != "vit_shapley"]
     start = time.time()
-    runs = [(ckpt, ",".join(names), Path(args.out))]
+    runs = [(ckpt, ",".join(names), Path(args.out), [], None)]
     if args.vit_shapley and "vit_shapley" in available():
-        runs.append((args.vit_shapley, "vit_shapley", Path(args.out) / "vit_shapley"))
+        runs.append((args.vit_shapley, "vit_shapley", Path(args.out) / "vit_shapley", [], None))
+    for variant in args.variant:
+        method, _, settings = variant.partition(".")
+        extra = [f"{method}.{s}" for s in settings.split(",")]
+        label = f"{method} {settings.replace(',', ' ')}"
+        runs.append((ckpt, method, Path(args.out) / label.replace(" ", "_").replace("=", "-"), extra, label))
     records, reused = [], 0
-    for path, methods, out in runs:
+    for path, methods, out, extra, label in runs:
         summary = out / "summary.json"
         if args.reuse and summary.is_file():
-            records += json.loads(summary.read_text())["records"]
+            got = json.loads(summary.read_text())["records"]
             reused += 1
         else:
-            records += run(path, methods, out, args)
+            got = run(path, methods, out, args, extra)
+        records += [{**r, "method": label} for r in got] if label else got
     minutes = (time.time() - start) / 60
-    access = ", ".join(f"{m} ({get(m).access})" for m in dict.fromkeys(r["method"] for r in records))
+    access = ", ".join(f"{m} ({get(m.split()[0]).access})" for m in dict.fromkeys(r["method"] for r in records))
     blank_class = masked_class(ckpt)
     images = {r["image"]: r["target"] for r in records}
     blank = sum(t == blank_class for t in images.values())
