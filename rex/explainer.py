@@ -11,7 +11,7 @@ from explainers.protocol import Explanation, explainer
 from models.masking import MaskValue
 from models.queries import QueryBackend, QueryEngine
 from rex.contrastive import complete_extract, contrastive_extract
-from rex.extraction import Extraction, ExtractionMethod, extract, extract_by, multiple_explanations
+from rex.extraction import Extraction, ExtractionMethod, extract, extract_by, multiple_explanations, tie_broken
 from rex.partition import SplitDistribution
 from rex.responsibility import ResponsibilityRule
 from rex.search import Combination, responsibility_map
@@ -44,13 +44,23 @@ class ReXConfig:
     "multiplicative" rex-xai 0.4.1's default product. `extraction` "search" is `rex.extraction.extract` (geometric
     prefix sizes refined, then up to `check` untested sizes below the result tested), "scan" the exhaustive
     `rex.extraction.scan`; both test prefixes in steps of `step` pixels (None: 1 pixel for global and spatial, and
-    rex-xai's chunk of 10 for the contrastive and complete scans, which otherwise cost two evaluations per pixel)."""
+    rex-xai's chunk of 10 for the contrastive and complete scans, which otherwise cost two evaluations per pixel).
+    Frugal options, off by default: `focus_after` k makes the partitions after the first k start from the bounding
+    box of the map's first `focus_top` pixels, refined down to `focus_min_size` (h-Shap's focused refinement);
+    `area_share` False gives each pixel of a superpixel its whole responsibility (rex-xai 0.4.1's maps) instead of
+    Algorithm 3's share R(P) / |P|; `tie_sigma` > 0 breaks the extraction's ties by a map blurred by a Gaussian of
+    that many pixels instead of by pixel index (`rex.extraction.tie_broken`; the returned maps are unchanged)."""
 
     n_partitions: int | Literal["auto"] = 20
     max_partitions: int = 40
     wave: int = 5
     stable_top: float = 0.1
     stable_iou: float = 0.9
+    focus_after: int | None = None
+    focus_top: float = 0.05
+    focus_min_size: int | None = None
+    area_share: bool = True
+    tie_sigma: float = 0.0
     combination: Combination = "average"
     min_size: int = 10
     queue_len: int = 1
@@ -147,24 +157,26 @@ class ReX:
         maps = responsibility_map(
             engine, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
             cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget, cfg.cache, counts,
-            cfg.combination, cfg.max_partitions, cfg.wave, cfg.stable_top, cfg.stable_iou,
+            cfg.combination, cfg.max_partitions, cfg.wave, cfg.stable_top, cfg.stable_iou, cfg.focus_after,
+            cfg.focus_top, cfg.focus_min_size, cfg.area_share,
         )
+        ranking = tie_broken(maps, cfg.tie_sigma)
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":
-            ex = spotlight_explanations(engine, images, maps, target, generator, cfg.n_explanations, cfg.overlap,
+            ex = spotlight_explanations(engine, images, ranking, target, generator, cfg.n_explanations, cfg.overlap,
                                         cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, step,
                                         cfg.check)
         elif cfg.n_explanations > 1:
-            ex = multiple_explanations(engine, images, maps, target, cfg.n_explanations, cfg.overlap, cfg.separation,
+            ex = multiple_explanations(engine, images, ranking, target, cfg.n_explanations, cfg.overlap, cfg.separation,
                                        cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, step,
                                        cfg.check)
         elif cfg.explanation == "global":
-            ex = extract_by(cfg.extraction, engine, images, maps, target, None, cfg.min_confidence, cfg.candidates,
+            ex = extract_by(cfg.extraction, engine, images, ranking, target, None, cfg.min_confidence, cfg.candidates,
                             confidence, step, cfg.check)
         elif cfg.explanation == "spatial":
-            ex = spatial_extract(engine, images, maps, target, cfg.min_confidence, cfg.candidates, confidence,
+            ex = spatial_extract(engine, images, ranking, target, cfg.min_confidence, cfg.candidates, confidence,
                                  cfg.extraction, step, cfg.check)
         else:
-            ex = EXTRACTORS[cfg.explanation](engine, images, maps, target, min_confidence=cfg.min_confidence,
+            ex = EXTRACTORS[cfg.explanation](engine, images, ranking, target, min_confidence=cfg.min_confidence,
                                              candidates=cfg.candidates, full_confidence=confidence, step=step)
         return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
                          mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"],

@@ -9,7 +9,7 @@ image stops once its map is stable (see `responsibility_map`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -123,19 +123,23 @@ class _Searcher:
     work_budget: int | None
     memo: dict[tuple[int, bytes], bool] | None
     answered: Tensor
+    area_share: bool = True
 
-    def run(self, image_of: Tensor) -> Tensor:
-        """Algorithm 2 on one random partition of image `image_of[s]` per search s, all together level by level;
-        returns the mutants (work) each search built."""
+    def run(self, image_of: Tensor, start: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Algorithm 2 on one random partition of image `image_of[s]` per search s, all together level by level,
+        of the whole image or of `start` = (boxes (S, 4), whether each box alone passes (S,)), everything outside
+        masked; returns the mutants (work) each search built."""
         _, _, h, w = self.images.shape
         dev = self.images.device
         n_search = len(image_of)
+        box, full_pass = start if start is not None else (torch.tensor([0, h, 0, w]).repeat(n_search, 1),
+                                                           self.full_ok[image_of])
         tasks = _Tasks(
             search=torch.arange(n_search, device=dev),
             context=torch.zeros(n_search, h, w, dtype=torch.bool, device=dev),
-            box=torch.tensor([0, h, 0, w]).repeat(n_search, 1),
+            box=box.cpu(),
             empty_pass=self.empty_ok[image_of],
-            full_pass=self.full_ok[image_of],
+            full_pass=full_pass.to(dev),
         )
         work = torch.zeros(n_search, dtype=torch.long, device=dev)
         while tasks.search.numel() > 0:
@@ -147,7 +151,8 @@ class _Searcher:
 
             area = box_area(children).to(dev)
             search = tasks.search.repeat_interleave(N_PARTS)
-            self.combined.add(search, image_of[search], children.flatten(0, 1), (resp / area.clamp(min=1)).flatten())
+            value = resp / area.clamp(min=1) if self.area_share else resp
+            self.combined.add(search, image_of[search], children.flatten(0, 1), value.flatten())
 
             work.index_add_(0, tasks.search, torch.full_like(tasks.search, mutant_pass.shape[1]))
             go_on = resp.amax(1) - resp.amin(1) > 1e-12
@@ -156,6 +161,18 @@ class _Searcher:
             tasks = _next_tasks(tasks, children, area, outcomes, go_on, self.queue_len, self.min_size, h, w)
         self.combined.end_wave(image_of)
         return work
+
+    def focus(self, image: Tensor, maps: Tensor, top: float) -> tuple[Tensor, Tensor]:
+        """Focused refinement (h-Shap's pruning of irrelevant regions): the bounding box (A, 4) of the first `top`
+        of the ranking of each image's map so far (A, H, W) and whether that box alone passes; the whole image where
+        it does not. One mutant per image, through the cache."""
+        _, _, h, w = self.images.shape
+        boxes = bounding_boxes(_top_pixels(maps, top).view(-1, h, w)).cpu()
+        visible = box_masks(boxes, h, w, self.images.device)
+        ok = _cached_passes(self.engine, self.images, image, visible, self.target, self.full_confidence,
+                            self.confidence_filter, self.memo, self.answered)
+        whole = torch.tensor([0, h, 0, w]).expand_as(boxes)
+        return torch.where(ok.cpu()[:, None], boxes, whole), ok | self.full_ok[image]
 
     def _level_passes(self, img: Tensor, labels: Tensor) -> Tensor:
         """Section 5.1's pass outcomes (T, 14) of the 14 mutants of each split box of image `img` (T,), from the
@@ -183,6 +200,13 @@ def _top_pixels(maps: Tensor, fraction: float) -> Tensor:
     return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
 
 
+def bounding_boxes(masks: Tensor) -> Tensor:
+    """Smallest boxes (B, 4) = (r0, r1, c0, c1) holding the True pixels of `masks` (B, H, W) (not all empty)."""
+    rows, cols = masks.any(2).int(), masks.any(1).int()
+    return torch.stack([rows.argmax(1), rows.shape[1] - rows.flip(1).argmax(1),
+                        cols.argmax(1), cols.shape[1] - cols.flip(1).argmax(1)], 1)
+
+
 def _iou(a: Tensor, b: Tensor) -> Tensor:
     """Intersection over union (B,) of pixel sets (B, N) bool; 0 where both are empty."""
     return (a & b).sum(1) / (a | b).sum(1).clamp(min=1)
@@ -208,21 +232,34 @@ def responsibility_map(
     wave: int = 5,
     stable_top: float = 0.1,
     stable_iou: float = 0.9,
+    focus_after: int | None = None,
+    focus_top: float = 0.05,
+    focus_min_size: int | None = None,
+    area_share: bool = True,
 ) -> Tensor:
     """Algorithms 2-3: responsibility maps (B, H, W) combined over `n_partitions` refined random partitions.
 
+    `area_share` True is Algorithm 3, line 6: each pixel of a superpixel P gets R(P) / |P|; False is rex-xai
+    0.4.1's map: each pixel of P gets R(P), so a pixel adds up the responsibilities of its superpixels over the levels.
     `combination` "average" is Algorithm 3's mean of the partitions' maps; "multiplicative" is rex-xai 0.4.1's
     default: the product of 1 + each partition's map, renormalised to max 1.
     `n_partitions` "auto" runs partitions in waves of `wave` (each wave all remaining images' searches together)
     and stops an image after a wave once the first ceil(`stable_top` x H x W) pixels of its combined map's ranking
     have IoU >= `stable_iou` with those after its previous wave (so at least two waves), or at `max_partitions`;
     its map is combined over the partitions it used.
+    `focus_after` k (None: off) is focused refinement after h-Shap: partitions after the first k start from the
+    bounding box of the first ceil(`focus_top` x H x W) pixels of the map so far, everything outside masked, instead
+    of the whole image (which they use where that box alone does not keep the class), refined down to
+    `focus_min_size` pixels (None: `min_size`); with a fixed N the first k and the other N - k partitions run as
+    two waves, with "auto" waves stop at k.
     With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions, levels
     and waves, children split to nothing) is answered from the cache, not the model: the maps are identical.
     `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache,
     and the "partitions" used."""
     if isinstance(n_partitions, str) and n_partitions != "auto":
         raise ValueError(f"n_partitions must be an int or 'auto', not {n_partitions!r}")
+    if focus_after is not None and focus_after < 1:
+        raise ValueError(f"focus_after must be None or at least 1, not {focus_after}")
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
@@ -233,19 +270,29 @@ def responsibility_map(
         engine, images, target, full_confidence, passes(probs[:b], target, full_confidence, confidence_filter),
         passes(probs[b:], target, full_confidence, confidence_filter), generator, combined, min_size, queue_len, rule,
         distribution, dist_args, confidence_filter, work_budget, {} if cache else None,
-        torch.zeros(b, dtype=torch.long),
+        torch.zeros(b, dtype=torch.long), area_share,
     )
     used = torch.zeros(b, dtype=torch.long, device=dev)
     mutants = torch.zeros(b, dtype=torch.long, device=dev)
     top = torch.zeros(b, h * w, dtype=torch.bool, device=dev)
     active = torch.arange(b, device=dev)
     while active.numel() > 0:
-        n = n_partitions if n_partitions != "auto" else min(wave, max_partitions - int(used[active[0]]))
+        done = int(used[active[0]])
+        n = n_partitions - done if n_partitions != "auto" else min(wave, max_partitions - done)
+        start, run = None, searcher
+        if focus_after is not None and done < focus_after:
+            n = min(n, focus_after - done)
+        elif focus_after is not None:
+            boxes, box_pass = searcher.focus(active, combined.maps(used)[active], focus_top)
+            mutants.index_add_(0, active, torch.ones_like(active))
+            start = boxes.repeat_interleave(n, 0), box_pass.repeat_interleave(n)
+            run = replace(searcher, min_size=focus_min_size or min_size)
         image_of = active.repeat_interleave(n)
-        mutants.index_add_(0, image_of, searcher.run(image_of))
+        mutants.index_add_(0, image_of, run.run(image_of, start))
         used[active] += n
         if n_partitions != "auto":
-            break
+            active = active[used[active] < n_partitions]
+            continue
         now = _top_pixels(combined.maps(used)[active], stable_top)
         settled = _iou(now, top[active]) >= stable_iou
         top[active] = now
