@@ -34,13 +34,20 @@ from explainers.metrics import relevance_mass_accuracy, relevance_rank_accuracy 
 from salvage.shapley import all_subsets, exact_shapley_values  # noqa: E402
 
 METRICS = ("pearson", "spearman", "top4", "rel_l2")
-TRUTH = ("rma", "rra")
+TRUTH = ("rma", "rra", "null_mass")
+#: A patch is uninformative when its exact value (probability game) is below this share of the image's largest |value|.
+NULL = 0.05
 
 
-def object_scores(patch_map: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """RMA and RRA (1,) of a patch map (gh, gw) against an object mask (1, H, W)."""
+def object_scores(patch_map: torch.Tensor, mask: torch.Tensor, exact: torch.Tensor) -> dict[str, torch.Tensor]:
+    """RMA and RRA (1,) of a patch map (gh, gw) against an object mask (1, H, W), and the share of its positive mass on
+    uninformative patches (|exact value| < NULL x max |exact value|; NaN without positive mass)."""
     maps, masks = patch_map[None].float(), mask[None]
-    return {"rma": relevance_mass_accuracy(maps, masks), "rra": relevance_rank_accuracy(maps, masks)}
+    positive = patch_map.flatten().double().clamp_min(0)
+    null = exact.abs() < NULL * exact.abs().max()
+    share = positive[null].sum() / positive.sum() if positive.sum() > 0 else torch.tensor(float("nan"))
+    return {"rma": relevance_mass_accuracy(maps, masks), "rra": relevance_rank_accuracy(maps, masks),
+            "null_mass": share[None]}
 
 
 def coalition_values(surrogate: torch.nn.Module, image: torch.Tensor, batch: int) -> torch.Tensor:
@@ -118,11 +125,13 @@ def main() -> None:
     truth = {name: ScoreSummary(TRUTH) for name in [*estimators, "exact, prob game", "exact, logprob game"]}
     efficiency = []
     cache = torch.load(args.cache, weights_only=True) if args.cache and args.cache.is_file() else {}
+    cached = 0
     for i in tqdm(range(args.images), desc="images (65 536 coalitions each)"):
         image = scenes[i]["image"][None]
         with torch.no_grad():
             target = classifier(image).argmax(1)
         key = f"{Path(args.explainer).resolve()}:{i}"
+        cached += key in cache
         if key not in cache:
             cache[key] = coalition_values(surrogate, image, args.batch)[:, int(target)]
             if args.cache:
@@ -131,12 +140,12 @@ def main() -> None:
         exact = {"prob": exact_shapley_values(logp.exp()), "logprob": exact_shapley_values(logp)}
         efficiency.append(float((exact["prob"].sum() - (logp[-1].exp() - logp[0].exp())).abs()))
         grid = surrogate.patch_grid
-        truth["exact, prob game"].update(object_scores(exact["prob"].view(grid), scenes[i]["mask"]))
-        truth["exact, logprob game"].update(object_scores(exact["logprob"].view(grid), scenes[i]["mask"]))
+        for game in ("prob", "logprob"):
+            truth[f"exact, {game} game"].update(object_scores(exact[game].view(grid), scenes[i]["mask"], exact["prob"]))
         for name, (method, options, models) in estimators.items():
             maps = get(method)(models, image, target, **options).maps
             estimate = maps[0] if maps.dim() == 3 else maps[0, int(target)]
-            truth[name].update(object_scores(estimate, scenes[i]["mask"]))
+            truth[name].update(object_scores(estimate, scenes[i]["mask"], exact["prob"]))
             for game, phi in exact.items():
                 summaries[(name, game)].update({k: torch.tensor([v]) for k, v in agreement(estimate, phi).items()})
     command = " ".join(["python benchmarks/exact_shapley.py", *sys.argv[1:]])
@@ -147,7 +156,8 @@ def main() -> None:
         f"log-probability games; largest efficiency error |sum phi - (v(N) - v(empty))| = {max(efficiency):.2e}. "
         f"Mean ± std over images (n = images where the metric is defined); top-4 = shared patches among the 4 "
         f"highest; rel. L2 after the least-squares scale. {torch.get_num_threads()} CPU threads, "
-        f"{time.time() - start:.0f} s in all.\n",
+        f"{time.time() - start:.0f} s in all"
+        + (f" (the coalition values of {cached} images read from the cache)" if cached else "") + ".\n",
         "| estimator | game | Pearson | Spearman | top-4 agreement | rel. L2 |",
         "|---|---|---|---|---|---|",
     ]
@@ -157,9 +167,11 @@ def main() -> None:
         lines.append(f"| {name} | {game} | " + " | ".join(cells) + " |")
     lines += [
         "\nAgainst the object mask (the scene's ground truth): relevance mass and rank accuracy of each estimator's "
-        "map, and of the exact values of each game (what a perfect estimator of that game would score).\n",
-        "| map | RMA | RRA |",
-        "|---|---|---|",
+        "map, and of the exact values of each game (what a perfect estimator of that game would score); null mass: "
+        f"the share of the map's positive mass on uninformative patches (|exact value| < {NULL} x the image's largest, "
+        "probability game).\n",
+        "| map | RMA | RRA | null mass |",
+        "|---|---|---|---|",
     ]
     for name, summary in truth.items():
         s = summary.compute()
