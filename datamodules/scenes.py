@@ -86,8 +86,8 @@ def _inside_polygon(px: Tensor, py: Tensor, vertices: Tensor) -> Tensor:
 
 
 @lru_cache(maxsize=8)
-def _grid(size: int, offset: float) -> tuple[Tensor, Tensor]:
-    coords = torch.arange(size, dtype=torch.float32) + offset
+def _grid(size: int) -> tuple[Tensor, Tensor]:
+    coords = torch.arange(size, dtype=torch.float32)
     return torch.meshgrid(coords, coords, indexing="ij")
 
 
@@ -134,7 +134,7 @@ def _background(g: torch.Generator, size: int) -> Tensor:
     low = 0.35 + 0.3 * torch.rand(1, 1, 4, 4, generator=g) + 0.08 * torch.randn(1, 3, 1, 1, generator=g)
     field = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)[0]
     theta, freq, phase = _uniform(g, 0, math.pi), _uniform(g, 0.15, 0.5), _uniform(g, 0, 2 * math.pi)
-    yy, xx = _grid(size, 0.0)
+    yy, xx = _grid(size)
     grating = torch.sin(freq * (xx * torch.cos(theta) + yy * torch.sin(theta)) + phase)
     noise = 0.03 * torch.randn(3, size, size, generator=g)
     return (field + 0.05 * grating + noise).clamp(0, 1)

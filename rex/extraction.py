@@ -30,7 +30,6 @@ class Extraction:
         return torch.where(self.found, frac, torch.ones_like(frac))
 
 
-
 def full_image_confidence(engine: QueryEngine, images: Tensor, target: Tensor,
                           full_confidence: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Algorithm 3's reference: the target's confidence (B,) on the full images, `full_confidence` when the caller
@@ -40,6 +39,7 @@ def full_image_confidence(engine: QueryEngine, images: Tensor, target: Tensor,
         full_confidence = engine.probabilities(images).gather(1, target.to(images.device)[:, None])[:, 0]
         evaluated += 1
     return full_confidence, evaluated
+
 
 def pixel_rank(maps: Tensor, region: Tensor | None = None) -> Tensor:
     """Algorithm 3, line 9: rank (B, H*W) of every pixel, high responsibility first, ties by pixel index;
