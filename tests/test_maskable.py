@@ -11,7 +11,7 @@ def _perturb_masked(model, images, mask):
     return torch.where(pixels, images, torch.rand_like(images))
 
 
-@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "vit_tiny_convpatch16", "vit_tiny_convpatch8"])
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "vit_tiny_convpatch16", "vit_tiny_deepstem8"])
 def test_vit_masked_patches_do_not_change_any_logit(backbone):
     torch.manual_seed(0)
     model = build_classifier(**{**TINY_VIT, "backbone": backbone}).eval()
@@ -85,6 +85,8 @@ def test_bad_model_settings_fail_clearly():
         MaskableClassifier(create_backbone("vit_tiny_patch16_224", 3, img_size=32, global_pool="avg"))
     with pytest.raises(ValueError, match="img_size.*patch_size"):
         build_classifier("resnet10t", num_classes=4, img_size=32)
+    with pytest.raises(ValueError, match="unknown stem 'wide'.*'plain', 'deep'"):
+        create_backbone("vit_tiny_convpatch16", 3, stem="wide")
     model = build_classifier(**{**TINY_VIT})
     with pytest.raises(ValueError, match="patch_mask must have shape"):
         model(torch.rand(2, 3, 32, 32), torch.ones(2, 7, dtype=torch.bool))
