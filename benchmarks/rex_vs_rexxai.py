@@ -1,12 +1,14 @@
 """ReX against rex-xai 0.4.1: explanation quality against model evaluations and wall time per image, by engine.
 
-    python benchmarks/rex_vs_rexxai.py [--ckpt classifier.ckpt | --arch cnn] [--n-images 32] [--threads 2] \
-        [--device cpu|cuda] [--rexxai-python /tmp/rexxai-venv/bin/python | --no-rexxai]
+    python benchmarks/rex_vs_rexxai.py [--ckpt classifier.ckpt] [--n-images 32] [--first-image 0] \
+        [--threads 2] [--device cpu|cuda] [--rexxai-python /tmp/rexxai-venv/bin/python | --no-rexxai] \
+        [--rows "frugal|N = 20"]
 
 Rows: ours at N = 5, 10, 20 and adaptive (`n_partitions: auto`) on the eager engine, N = 20 without the mutant
 cache, N = 3, 5, 10 with a frugal extraction (8 candidate sizes per round, a check of 16 below), a frugal search
 (N = 6 near-central splits down to 160 px, rex-xai's unshared superpixel responsibility, ties broken by a blurred
-map, frugal extraction), the same with 2 of 5 partitions focused on the top pixels' box (h-Shap), N = 20 with the
+map, frugal extraction), a focused frugal search (coarser, 256 px, the last of 6 partitions refined inside the top
+pixels' box, h-Shap) and the same with 2 of 5 partitions focused, N = 20 with the
 tie-break and the frugal extraction, and N = 20 and adaptive on the compile and onnx engines; rex-xai 0.4.1 at N =
 5, 10, 20 on ONNX Runtime, the way its users run it (an exported `.onnx` model through its own
 `get_prediction_function`, CPU provider, its default session options), and at N = 20 on the same torch model
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -239,6 +242,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="Lightning checkpoint of a classifier stage (default: a small CNN trained here)")
     p.add_argument("--n-images", type=int, default=32)
+    p.add_argument("--first-image", type=int, default=0, help="index of the first test scene (to hold out others)")
+    p.add_argument("--rows", help="regular expression; only rows whose name it matches run (rex-xai N = 20 always)")
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -276,10 +281,14 @@ def main() -> None:
         mean, std = classifier.mean.flatten(), torch.ones(3)
     net, tool_net = _Plain(classifier).eval(), _Plain(classifier, mean, std).eval()
     mask_value = tuple(mean.tolist())
-    scenes = SyntheticDataModule(img_size=args.img_size, n_test=args.n_images, seed=args.seed).scenes("test")
-    images = torch.stack([scenes[i]["image"] for i in range(len(scenes))])
-    objects = torch.stack([scenes[i]["mask"] for i in range(len(scenes))]).bool()
-    labels = torch.stack([scenes[i]["label"] for i in range(len(scenes))])
+    first = args.first_image
+    scenes = SyntheticDataModule(img_size=args.img_size, n_test=first + args.n_images, seed=args.seed).scenes("test")
+    chosen = range(first, first + args.n_images)
+    images = torch.stack([scenes[i]["image"] for i in chosen])
+    objects = torch.stack([scenes[i]["mask"] for i in chosen]).bool()
+    labels = torch.stack([scenes[i]["label"] for i in chosen])
+    def want(name: str) -> bool:
+        return not args.rows or name == "rex-xai 0.4.1, N = 20, ONNX Runtime" or re.search(args.rows, name) is not None
     dev = args.device
     where = torch.cuda.get_device_name(dev) if dev.startswith("cuda") else f"CPU, {args.threads} threads"
     start_all = time.time()
@@ -295,31 +304,32 @@ def main() -> None:
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
             torch.save((normalised, images), images_path)
             for n in (5, 10, 20):
-                runs[f"rex-xai 0.4.1, N = {n}, ONNX Runtime"] = _rexxai(args, onnx_path, images_path, n, tmp)
-            runs["rex-xai 0.4.1, N = 20, torch"] = _rexxai(args, script_path, images_path, 20, tmp)
+                if want(f"rex-xai 0.4.1, N = {n}, ONNX Runtime"):
+                    runs[f"rex-xai 0.4.1, N = {n}, ONNX Runtime"] = _rexxai(args, onnx_path, images_path, n, tmp)
+            if want("rex-xai 0.4.1, N = 20, torch"):
+                runs["rex-xai 0.4.1, N = 20, torch"] = _rexxai(args, script_path, images_path, 20, tmp)
         x = images.to(dev)
         with torch.no_grad():
             acc = (model(x).argmax(1).cpu() == labels).float().mean().item()
         base = dict(seed=args.seed, mask_value=mask_value)
-        engines = args.engines.split(",")
-        for n in (5, 10, 20, "auto"):
-            runs[f"ours, N = {n}, eager"] = _ours(model, x, {**base, "n_partitions": n})
-        runs["ours, N = 20, eager, no cache"] = _ours(model, x, {**base, "n_partitions": 20, "cache": False})
+        ours: dict[str, dict] = {f"ours, N = {n}, eager": {"n_partitions": n} for n in (5, 10, 20, "auto")}
+        ours["ours, N = 20, eager, no cache"] = {"n_partitions": 20, "cache": False}
         for n in (3, 5, 10):
-            runs[f"ours, N = {n}, eager, frugal extraction"] = _ours(
-                model, x, {**base, "n_partitions": n, "candidates": 8, "check": 16})
-        frugal = {"distribution": "binom", "area_share": False, "tie_sigma": 2.0, "candidates": 8, "check": 16}
-        runs["ours, N = 6, eager, frugal search"] = _ours(
-            model, x, {**base, "n_partitions": 6, "min_size": 160, **frugal})
-        runs["ours, N = 5, eager, frugal search, focused"] = _ours(
-            model, x, {**base, "n_partitions": 5, "min_size": 160, "focus_after": 3, "focus_min_size": 40, **frugal})
-        runs["ours, N = 20, eager, tie-broken, frugal extraction"] = _ours(
-            model, x, {**base, "n_partitions": 20, "tie_sigma": 2.0, "candidates": 8, "check": 16})
-        for engine in engines:
-            if engine == "eager":
-                continue
-            for n in (20, "auto"):
-                runs[f"ours, N = {n}, {engine}"] = _ours(model, x, {**base, "n_partitions": n, "engine": engine})
+            ours[f"ours, N = {n}, eager, frugal extraction"] = {"n_partitions": n, "candidates": 8, "check": 16}
+        frugal = {"distribution": "binom", "area_share": False, "candidates": 8, "check": 16}
+        ours["ours, N = 6, eager, frugal search"] = {"n_partitions": 6, "min_size": 160, "tie_sigma": 2.0, **frugal}
+        ours["ours, N = 6, eager, frugal search, focused"] = {
+            "n_partitions": 6, "min_size": 256, "focus_after": 5, "focus_min_size": 40, "tie_sigma": 3.0, **frugal}
+        ours["ours, N = 5, eager, frugal search, focused early"] = {
+            "n_partitions": 5, "min_size": 160, "focus_after": 3, "focus_min_size": 40, "tie_sigma": 2.0, **frugal}
+        ours["ours, N = 20, eager, tie-broken, frugal extraction"] = {
+            "n_partitions": 20, "tie_sigma": 2.0, "candidates": 8, "check": 16}
+        for engine in args.engines.split(","):
+            if engine != "eager":
+                ours.update({f"ours, N = {n}, {engine}": {"n_partitions": n, "engine": engine} for n in (20, "auto")})
+        for name, options in ours.items():
+            if want(name):
+                runs[name] = _ours(model, x, {**base, **options})
 
     quality = {name: _quality(model, x, objects, run, mask_value) for name, run in runs.items()}
     ref_name = "rex-xai 0.4.1, N = 20, ONNX Runtime"
@@ -332,7 +342,7 @@ def main() -> None:
         "# ReX against rex-xai 0.4.1: quality against model evaluations per image",
         "",
         f"Model: {source}, accuracy on these images {acc:.2f}. {len(images)} synthetic test scenes "
-        f"({args.img_size} x {args.img_size}); masked pixels take the model's mean colour "
+        f"(indices {first}-{first + len(images) - 1}, {args.img_size} x {args.img_size}); masked pixels take the model's mean colour "
         f"{[round(v, 3) for v in mask_value]} (rex-xai: 0 on normalised images, the same mutants); {where}; "
         f"torch {torch.__version__}. Evaluations = images the model was asked about per image (search, extraction, "
         "full and blank images); seconds = wall time per image. Quality is measured the same way for every row "
@@ -345,8 +355,9 @@ def main() -> None:
         "below the found one (defaults: 32 and 64). Frugal search = `distribution: binom` (split points near the box "
         "centre), `min_size: 160`, `area_share: false` (each pixel of a superpixel gets its whole responsibility, as "
         "rex-xai), `tie_sigma: 2` (the extraction breaks ties by a blurred map) and the frugal extraction; focused = "
-        "`focus_after: 3, focus_min_size: 40` (the last 2 partitions refine the box of the map's top 5 % down to "
-        "40 px); tie-broken = `tie_sigma: 2`.",
+        "the same with `min_size: 256`, `tie_sigma: 3` and `focus_after: 5, focus_min_size: 40` (the last of 6 "
+        "partitions refines the box of the map's top 5 % down to 40 px; chosen on scenes 32-127); focused early = "
+        "N = 5 with `focus_after: 3` (the last 2 partitions focused); tie-broken = `tie_sigma: 2`.",
         "",
         "| tool | evaluations / image | x fewer | s / image | x faster | partitions | median size | mean size "
         "| insertion | deletion | IN | no worse |",
