@@ -120,11 +120,11 @@ class ReXResult:
 
     @property
     def model_evaluated(self) -> Tensor | None:
-        """Model evaluations per image (B,): the full image twice (target, search) and the blank image once, the
-        search's mutants and the extraction's prefixes; None where the extraction is not counted."""
+        """Model evaluations per image (B,): the full and the blank image once each, the search's mutants and the
+        extraction's prefixes; None where the extraction is not counted."""
         if self.extraction_evaluated is None:
             return None
-        return 3 + self.mutants_evaluated.to(self.extraction_evaluated.device) + self.extraction_evaluated
+        return 2 + self.mutants_evaluated.to(self.extraction_evaluated.device) + self.extraction_evaluated
 
     @property
     def size(self) -> Tensor:
@@ -158,7 +158,7 @@ class ReX:
             engine, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
             cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget, cfg.cache, counts,
             cfg.combination, cfg.max_partitions, cfg.wave, cfg.stable_top, cfg.stable_iou, cfg.focus_after,
-            cfg.focus_top, cfg.focus_min_size, cfg.area_share,
+            cfg.focus_top, cfg.focus_min_size, cfg.area_share, probs,
         )
         ranking = tie_broken(maps, cfg.tie_sigma)
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":

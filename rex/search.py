@@ -236,6 +236,7 @@ def responsibility_map(
     focus_top: float = 0.05,
     focus_min_size: int | None = None,
     area_share: bool = True,
+    full_probs: Tensor | None = None,
 ) -> Tensor:
     """Algorithms 2-3: responsibility maps (B, H, W) combined over `n_partitions` refined random partitions.
 
@@ -255,7 +256,8 @@ def responsibility_map(
     With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions, levels
     and waves, children split to nothing) is answered from the cache, not the model: the maps are identical.
     `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache,
-    and the "partitions" used."""
+    and the "partitions" used. `full_probs` (B, classes), the model's probabilities on the full images when the
+    caller has them, saves asking for them again."""
     if isinstance(n_partitions, str) and n_partitions != "auto":
         raise ValueError(f"n_partitions must be an int or 'auto', not {n_partitions!r}")
     if focus_after is not None and focus_after < 1:
@@ -263,7 +265,10 @@ def responsibility_map(
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
-    probs = engine.probabilities(torch.cat([images, engine.blank(images)]))
+    if full_probs is None:
+        probs = engine.probabilities(torch.cat([images, engine.blank(images)]))
+    else:
+        probs = torch.cat([full_probs.to(dev), engine.probabilities(engine.blank(images))])
     full_confidence = probs[:b].gather(1, target[:, None])[:, 0]
     combined = _Combined(combination, b, h, w, dev)
     searcher = _Searcher(
