@@ -287,6 +287,7 @@ def main() -> None:
     images = torch.stack([scenes[i]["image"] for i in chosen])
     objects = torch.stack([scenes[i]["mask"] for i in chosen]).bool()
     labels = torch.stack([scenes[i]["label"] for i in chosen])
+
     def want(name: str) -> bool:
         return not args.rows or name == "rex-xai 0.4.1, N = 20, ONNX Runtime" or re.search(args.rows, name) is not None
     dev = args.device
@@ -342,8 +343,8 @@ def main() -> None:
         "# ReX against rex-xai 0.4.1: quality against model evaluations per image",
         "",
         f"Model: {source}, accuracy on these images {acc:.2f}. {len(images)} synthetic test scenes "
-        f"(indices {first}-{first + len(images) - 1}, {args.img_size} x {args.img_size}); masked pixels take the model's mean colour "
-        f"{[round(v, 3) for v in mask_value]} (rex-xai: 0 on normalised images, the same mutants); {where}; "
+        f"(indices {first}-{first + len(images) - 1}, {args.img_size} x {args.img_size}); masked pixels take the "
+        f"model's mean colour {[round(v, 3) for v in mask_value]} (rex-xai: 0 on normalised images, the same mutants); {where}; "
         f"torch {torch.__version__}. Evaluations = images the model was asked about per image (search, extraction, "
         "full and blank images); seconds = wall time per image. Quality is measured the same way for every row "
         "(our section 6 metrics on each tool's own map and explanation): median and mean explanation size (lower is "
