@@ -26,24 +26,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models import QueryEngine, load_stage  # noqa: E402
+from models import QueryEngine, build_classifier, load_stage  # noqa: E402
 
 ENGINES = ("eager", "compile", "onnx")
-
-
-class SmallCNN(nn.Module):
-    """Three strided convolutions (32, 64, 64 channels) on [0, 1] images, normalisation mean inside."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x - self.mean)
 
 
 def _query(engine: QueryEngine, images: torch.Tensor, index: torch.Tensor, visible: torch.Tensor) -> float:
@@ -91,7 +76,8 @@ def main() -> None:
         f"quickstart classifier ({module.hparams.backbone}, {module.hparams.img_size} px)":
             (module.model.eval(), module.hparams.img_size),
         f"small CNN (3 conv layers, {module.hparams.img_size} px)":
-            (SmallCNN(module.hparams.num_classes).eval(), module.hparams.img_size),
+            (build_classifier("small_cnn", module.hparams.num_classes, module.hparams.img_size,
+                              patch_size=module.hparams.img_size // 4).eval(), module.hparams.img_size),
     }
     rows, setup = [], []
     wall = time.perf_counter()

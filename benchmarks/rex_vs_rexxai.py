@@ -45,21 +45,6 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class TinyCNN(nn.Module):
-    """A small fixed-seed CNN for [0, 1] images (normalisation inside), used when no checkpoint is given."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x - self.mean)
-
-
 class _Plain(nn.Module):
     """`model(images) -> logits` around a classifier (drops the optional patch_mask argument); with `mean` and `std`
     it takes normalised images instead, as rex-xai's models do, so that its mask value 0 is our mean colour."""
@@ -78,13 +63,14 @@ class _Plain(nn.Module):
 
 def _train_tiny(img_size: int, steps: int, seed: int) -> nn.Module:
     from datamodules import SyntheticDataModule
+    from models import build_classifier
 
     torch.manual_seed(seed)
     dm = SyntheticDataModule(img_size=img_size, n_train=2000, n_val=1, n_test=1, seed=seed)
     data = dm.scenes("train")
     x = torch.stack([data[i]["image"] for i in range(len(data))])
     y = torch.stack([data[i]["label"] for i in range(len(data))])
-    model = TinyCNN(dm.num_classes)
+    model = build_classifier("small_cnn", dm.num_classes, img_size, patch_size=img_size // 4)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):

@@ -8,6 +8,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from models.small_cnn import small_cnn  # noqa: F401  (registers the benchmarks' CNN in timm)
 from models.synthetic_vit import vit_tiny_convpatch16  # noqa: F401  (registers the synthetic ViTs in timm)
 from models.masking import MaskValue, apply_mask, mask_fill, patch_to_pixel
 from models.weights import resolve_pretrained

@@ -67,6 +67,21 @@ def test_cnn_masking_sets_pixels_to_the_baseline():
     assert mask_fill(model).flatten().tolist() == [0.0]
 
 
+def test_small_cnn_subtracts_half_and_masks_to_zero_input():
+    """The benchmarks' CNN: [0, 1] images minus 0.5, so a pixel masked to the model's mean colour enters as 0."""
+    torch.manual_seed(0)
+    model = build_classifier("small_cnn", num_classes=6, img_size=32, patch_size=8).eval()
+    assert not model.is_vit and model.patch_grid == (4, 4) and model.backbone.num_classes == 6
+    assert model.mean.flatten().tolist() == [0.5] * 3 and model.std.flatten().tolist() == [1.0] * 3
+    images = torch.rand(2, 3, 32, 32)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.allclose(model(images, mask), model.backbone(torch.zeros_like(images)), atol=1e-6)
+        assert torch.allclose(model(images), model.backbone(images - 0.5), atol=1e-6)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_backbone("small_cnn", 6, pretrained=True)
+
+
 def test_mask_samplers_sizes():
     g = torch.Generator().manual_seed(0)
     masks = uniform_size_masks(20000, 16, g)
