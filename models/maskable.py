@@ -54,7 +54,12 @@ class MaskableClassifier(nn.Module):
                 )
             self.patch_grid = tuple(backbone.patch_embed.grid_size)
             self.num_prefix_tokens = backbone.num_prefix_tokens
+            self.drops_tokens = (
+                backbone.pos_embed is not None and not backbone.dynamic_img_size
+                and isinstance(backbone.patch_drop, nn.Identity) and getattr(backbone.patch_embed, "flatten", True)
+            )
         else:
+            self.drops_tokens = False
             if patch_size is None or img_size is None:
                 raise ValueError("a CNN backbone needs `img_size` and `patch_size` to define its patch grid for masking")
             if img_size % patch_size:
@@ -77,13 +82,65 @@ class MaskableClassifier(nn.Module):
         x = (images - self.mean) / self.std
         if patch_mask is None or not self.is_vit:
             return self.backbone(x)
+        if self.drops_tokens:
+            return self._forward_visible(x, patch_mask.bool())
+        return self._forward_attention_masked(x, patch_mask.bool())
+
+    def _forward_attention_masked(self, x: Tensor, patch_mask: Tensor) -> Tensor:
+        """Logits with every patch token computed and the masked ones removed from attention as keys."""
         prefix = patch_mask.new_ones(patch_mask.shape[0], self.num_prefix_tokens)
-        keys = torch.cat([prefix, patch_mask.bool()], dim=1)[:, None, None, :]
+        keys = torch.cat([prefix, patch_mask], dim=1)[:, None, None, :]
         return self.backbone.forward_head(self.backbone.forward_features(x, attn_mask=keys))
+
+    def _forward_visible(self, x: Tensor, patch_mask: Tensor) -> Tensor:
+        """Logits from the visible patch tokens only (the same numbers as attention masking, at the cost of the
+        visible patches): rows are grouped by their number of visible patches, each group padded to its largest
+        count, and only the padding is masked out of attention."""
+        counts = patch_mask.sum(1)
+        out = x.new_empty(x.shape[0], self.backbone.num_classes)
+        for rows in _count_groups(counts):
+            k = int(counts[rows].max())
+            index = torch.argsort((~patch_mask[rows]).to(torch.uint8), dim=1, stable=True)[:, :k]
+            valid = torch.arange(k, device=x.device)[None] < counts[rows, None]
+            out[rows] = self._visible_logits(x[rows], index, valid).to(out.dtype)
+        return out
+
+    def _visible_logits(self, x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+        vit, (b, k) = self.backbone, index.shape
+        if hasattr(vit.patch_embed, "forward_patches"):
+            tokens = vit.patch_embed.forward_patches(x, index)
+        else:
+            tokens = vit.patch_embed(x)
+            tokens = tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+        prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        n_prefix = self.num_prefix_tokens
+        if vit.no_embed_class:
+            h = torch.cat([*prefix, tokens + vit.pos_embed[0][index]], dim=1)
+        else:
+            h = torch.cat([*prefix, tokens], dim=1)
+            h = h + torch.cat([vit.pos_embed[:, :n_prefix].expand(b, -1, -1), vit.pos_embed[0, n_prefix:][index]], 1)
+        h = vit.norm_pre(vit.pos_drop(h))
+        keys = None if bool(valid.all()) else torch.cat([valid.new_ones(b, n_prefix), valid], 1)[:, None, None, :]
+        for block in vit.blocks:
+            h = block(h, attn_mask=keys)
+        return vit.forward_head(vit.norm(h))
 
     def pixel_mask(self, patch_mask: Tensor, size: tuple[int, int]) -> Tensor:
         """Pixel mask (B, 1, H, W) bool of a patch mask (B, n_patches)."""
         return patch_to_pixel(patch_mask, self.patch_grid, size)
+
+
+def _count_groups(counts: Tensor, slack: float = 1.25, min_rows: int = 16) -> list[Tensor]:
+    """Row indices grouped by ascending count: a group grows while a count is at most `slack` x its first count + 1,
+    or while it holds fewer than `min_rows` rows, so padding each group to its largest count wastes little."""
+    order = torch.argsort(counts, stable=True)
+    ordered = counts[order].tolist()
+    groups, start = [], 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or (ordered[i] > slack * ordered[start] + 1 and i - start >= min_rows):
+            groups.append(order[start:i])
+            start = i
+    return groups
 
 
 def build_classifier(

@@ -47,6 +47,16 @@ class ConvPatchEmbed(PatchEmbed):
         patches = patches.contiguous(memory_format=torch.channels_last)  # about 1.6x faster convolutions on CPU
         return self.norm(self.proj(patches).view(b, self.num_patches, -1))
 
+    def forward_patches(self, x: Tensor, index: Tensor) -> Tensor:
+        """Embeddings (B, K, D) of the patches `index` (B, K) only, each image its own: `forward(x)` gathered at
+        `index` in eval mode, at the cost of K patches (in training, BatchNorm sees only these patches)."""
+        (b, k), p = index.shape, self.patch_size[0]
+        if k == 0:
+            return x.new_zeros(b, 0, self.proj[-1].out_features)
+        patches = rearrange(x, "b c (h p1) (w p2) -> b (h w) c p1 p2", p1=p, p2=p)
+        chosen = patches[torch.arange(b, device=x.device)[:, None], index].flatten(0, 1)
+        return self.norm(self.proj(chosen.contiguous(memory_format=torch.channels_last)).view(b, k, -1))
+
 
 default_cfgs = generate_default_cfgs(
     {

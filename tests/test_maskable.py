@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from models.maskable import _count_groups
 from models import MaskableClassifier, build_classifier, create_backbone, fixed_fraction_masks, mask_fill, uniform_size_masks
 from tests.conftest import TINY_VIT
 
@@ -38,6 +39,31 @@ def test_vit_masking_equals_dropping_the_tokens(tiny_classifier):
         keep = torch.cat([torch.ones(vit.num_prefix_tokens, dtype=torch.bool), mask[0]])
         dropped = vit.forward_head(vit.norm(vit.blocks(tokens[:, keep])))
         assert torch.allclose(model(images, mask), dropped, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "vit_tiny_convpatch16", "vit_tiny_deepstem8"])
+def test_dropping_masked_tokens_equals_attention_masking(backbone):
+    """The fast path runs only the visible patches (rows grouped by count, padding masked): the same logits."""
+    torch.manual_seed(0)
+    model = build_classifier(**{**TINY_VIT, "backbone": backbone}).eval()
+    assert model.drops_tokens
+    images = torch.rand(40, 3, 32, 32)
+    mask = uniform_size_masks(40, model.num_patches, torch.Generator().manual_seed(0))
+    mask[0], mask[1] = False, True
+    with torch.no_grad():
+        fast = model(images, mask)
+        slow = model._forward_attention_masked((images - model.mean) / model.std, mask)
+    assert (fast - slow).abs().max() <= 1e-5
+
+
+def test_count_groups_cover_every_row_once_with_bounded_padding():
+    counts = torch.tensor([16, 0, 3, 3, 9, 1, 12, 16, 5] * 8)
+    groups = _count_groups(counts)
+    assert torch.equal(torch.cat(groups), torch.argsort(counts, stable=True))  # every row once, ascending counts
+    assert len(groups) > 1 and all(len(rows) >= 16 for rows in groups[:-1])
+    for rows in groups:  # past its first 16 rows, a group holds only counts within 1.25 x its first + 1
+        c = counts[rows]
+        assert (c[16:] <= 1.25 * c[0] + 1).all()
 
 
 def test_all_visible_mask_equals_no_mask(tiny_classifier):
