@@ -82,7 +82,7 @@ class MaskableClassifier(nn.Module):
         x = (images - self.mean) / self.std
         if patch_mask is None or not self.is_vit:
             return self.backbone(x)
-        if self.drops_tokens:
+        if self.drops_tokens and len(patch_mask):
             return self._forward_visible(x, patch_mask.bool())
         return self._forward_attention_masked(x, patch_mask.bool())
 
@@ -97,13 +97,13 @@ class MaskableClassifier(nn.Module):
         visible patches): rows are grouped by their number of visible patches, each group padded to its largest
         count, and only the padding is masked out of attention."""
         counts = patch_mask.sum(1)
-        out = x.new_empty(x.shape[0], self.backbone.num_classes)
-        for rows in _count_groups(counts):
+        groups, logits = _count_groups(counts), []
+        for rows in groups:
             k = int(counts[rows].max())
             index = torch.argsort((~patch_mask[rows]).to(torch.uint8), dim=1, stable=True)[:, :k]
             valid = torch.arange(k, device=x.device)[None] < counts[rows, None]
-            out[rows] = self._visible_logits(x[rows], index, valid).to(out.dtype)
-        return out
+            logits.append(self._visible_logits(x[rows], index, valid))
+        return torch.cat(logits)[torch.argsort(torch.cat(groups))]
 
     def _visible_logits(self, x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
         vit, (b, k) = self.backbone, index.shape
