@@ -208,6 +208,19 @@ def _subset(run: dict, keep: torch.Tensor) -> dict:
             "partitions": parts[keep] if parts is not None else None}
 
 
+def _rows(runs: dict[str, dict], quality: dict[str, dict], keep: torch.Tensor | None = None
+          ) -> tuple[list[dict], dict | None]:
+    """Table rows of every run and the reference row (rex-xai at its defaults), over all images or those `keep`."""
+    def row(name: str, ref: dict | None) -> dict:
+        run, q = runs[name], quality[name]
+        if keep is not None:
+            run, q = _subset(run, keep), {k: v[keep] for k, v in q.items()}
+        return _row(name, run, q, ref)
+
+    ref = row(REF_NAME, None) if REF_NAME in runs else None
+    return [row(name, ref) for name in runs], ref
+
+
 def _table(rows: list[dict], ref: dict | None) -> list[str]:
     """The markdown table of `rows` against `ref` (rex-xai at its defaults), with the largest no-worse factors."""
     lines = ["| tool | evaluations / image | x fewer | s / image | x faster | partitions | median size | mean size "
@@ -285,6 +298,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from datamodules import SyntheticDataModule
     from evaluation import discover
+    from models import expand_fill
 
     discover()
     torch.set_num_threads(args.threads)
@@ -331,8 +345,7 @@ def main() -> None:
         x = images.to(dev)
         with torch.no_grad():
             predicted = model(x).argmax(1).cpu()
-            blank = torch.tensor(mask_value, device=dev).view(1, 3, 1, 1).expand_as(x)
-            keeps_blank = model(blank).argmax(1).cpu() == predicted
+            keeps_blank = model(expand_fill(mask_value, x)).argmax(1).cpu() == predicted
         acc = (predicted == labels).float().mean().item()
         base = dict(seed=args.seed, mask_value=mask_value)
         ours: dict[str, dict] = {f"ours, N = {n}, eager": {"n_partitions": n} for n in (5, 10, 20, "auto")}
@@ -357,8 +370,7 @@ def main() -> None:
                 runs[name] = _ours(model, x, {**base, **options})
 
     quality = {name: _quality(model, x, objects, run, mask_value) for name, run in runs.items()}
-    ref = _row(REF_NAME, runs[REF_NAME], quality[REF_NAME], None) if REF_NAME in runs else None
-    rows = [_row(name, run, quality[name], ref) for name, run in runs.items()]
+    rows, ref = _rows(runs, quality)
     command = " ".join(["python benchmarks/rex_vs_rexxai.py", *sys.argv[1:]])
     lines = [
         f"Command: `{command}`",
@@ -388,11 +400,7 @@ def main() -> None:
     ]
     lines += _table(rows, ref)
     if keeps_blank.any():
-        keep = ~keeps_blank
-        sub_ref = (_row(REF_NAME, _subset(runs[REF_NAME], keep), {k: v[keep] for k, v in quality[REF_NAME].items()},
-                        None) if REF_NAME in runs else None)
-        sub_rows = [_row(name, _subset(run, keep), {k: v[keep] for k, v in quality[name].items()}, sub_ref)
-                    for name, run in runs.items()]
+        sub_rows, sub_ref = _rows(runs, quality, ~keeps_blank)
         lines += ["", f"The same without the {int(keeps_blank.sum())} images whose blank image (every pixel masked) "
                   "already gets the explained class: no part of them is a cause, so ReX's responsibility is zero "
                   "everywhere, any single pixel 'explains' them and their maps rank pixels by tie-breaking only "
