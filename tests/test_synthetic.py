@@ -134,3 +134,20 @@ def test_shape_mask_window_equals_the_whole_grid_test(shape):
         whole = _shape_window(shape, 0, size, 0, size, cx, cy, scale, angle)
         assert torch.equal(shape_mask(shape, size, cx, cy, scale, angle), whole)
         assert whole.any()
+
+
+def test_scenes_are_pinned():
+    """Every committed benchmark figure depends on these exact pixels: a change to the renderer that alters any
+    scene (even one rounding step in a shape's edge) must be deliberate and comes with rerun tables."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for i in range(6):
+        for kw in (dict(img_size=64), dict(img_size=112, occluders=2, cue=CueConfig(kind="tint"))):
+            item = render_scene(0, "test", i, **kw)
+            for key in sorted(item):
+                value = item[key]
+                value = (value * 255).round().to(torch.uint8) if value.is_floating_point() else value
+                digest.update(key.encode())
+                digest.update(value.numpy().tobytes())
+    assert digest.hexdigest() == "a10b6fdf032370fe1e5dcae8f0c5bc55668dcb55cd4c1507a1734ef197791d3b"
