@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -92,7 +93,10 @@ def main() -> None:
         images, masks, labels, args,
     )
 
+    command = " ".join(["python benchmarks/salvage_quality.py", *sys.argv[1:]])
     lines = [
+        f"Command: `{command}`",
+        "",
         f"# Salvage quality on the synthetic test set ({args.n_images} images, {spec['img_size']} px, {gh}x{gw} patches)",
         "",
         f"Surrogate `{args.surrogate}`; target = surrogate top-1; R-metrics with {args.n_masks} masks per subset size; "
