@@ -114,8 +114,8 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, scale: float, angle:
 def _shape_window(
     shape: str, r0: int, r1: int, c0: int, c1: int, cx: float, cy: float, scale: float, angle: float
 ) -> Tensor:
-    """The mask of `shape_mask` on the pixel window rows r0..r1 - 1, columns c0..c1 - 1, in float32 numpy (the
-    same IEEE arithmetic as torch, element for element, at a fifth of the per-call overhead on small windows)."""
+    """The mask of `shape_mask` on the pixel window rows r0..r1 - 1, columns c0..c1 - 1, in float32 numpy: the
+    same IEEE arithmetic as torch element for element, with less per-call overhead (a star's window: 1.75x faster)."""
     half = np.float32(0.5)
     yy, xx = np.meshgrid(np.arange(r0, r1, dtype=np.float32) + half, np.arange(c0, c1, dtype=np.float32) + half,
                          indexing="ij")
