@@ -27,6 +27,13 @@ def test_vit_masked_patches_do_not_change_any_logit(backbone):
     assert (before - unmasked).abs().max() > 1e-3  # without the mask, the same edit does change the logits
 
 
+def test_stem_activation_is_chosen_by_name():
+    acts = [type(m) for m in create_backbone("vit_tiny_convpatch16", 3, stem_act="relu").patch_embed.proj]
+    assert acts.count(torch.nn.ReLU) == 2 and torch.nn.GELU not in acts
+    acts = [type(m) for m in create_backbone("vit_tiny_deepstem8", 3).patch_embed.proj]
+    assert acts.count(torch.nn.GELU) == 3 and torch.nn.ReLU not in acts
+
+
 def test_vit_masking_equals_dropping_the_tokens(tiny_classifier):
     """Attention masking of keys is the same as running the ViT on the visible tokens only."""
     model = tiny_classifier.model
@@ -128,6 +135,8 @@ def test_bad_model_settings_fail_clearly():
         build_classifier("resnet10t", num_classes=4, img_size=32)
     with pytest.raises(ValueError, match="unknown stem 'wide'.*'plain', 'deep'"):
         create_backbone("vit_tiny_convpatch16", 3, stem="wide")
+    with pytest.raises(ValueError, match="unknown stem_act 'tanh'.*'gelu', 'relu'"):
+        create_backbone("vit_tiny_convpatch16", 3, stem_act="tanh")
     model = build_classifier(**{**TINY_VIT})
     with pytest.raises(ValueError, match="patch_mask must have shape"):
         model(torch.rand(2, 3, 32, 32), torch.ones(2, 7, dtype=torch.bool))
