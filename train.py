@@ -168,7 +168,8 @@ def _as_args(overrides: dict[str, Any] | list[str] | None, done: dict[str, dict[
     items = overrides.items() if isinstance(overrides, dict) else (a.split("=", 1) for a in overrides)
     args = []
     for key, value in items:
-        value = re.sub(r"\{(\w+)\}", lambda m: done[m[1]]["best_checkpoint"] if m[1] in done else m[0], str(value))
+        value = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        value = re.sub(r"\{(\w+)\}", lambda m: done[m[1]]["best_checkpoint"] if m[1] in done else m[0], value)
         args += [f"--{key.lstrip('-')}", value]
     return args
 

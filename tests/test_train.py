@@ -98,7 +98,7 @@ def test_pipeline_runs_stages_in_order_and_skips_finished_ones_on_resume(tmp_pat
         "pipeline:\n"
         "  - name: classifier\n    config: classifier_synthetic\n"
         "    overrides: {model.init_args.img_size: 32, model.init_args.backbone_kwargs: "
-        "'{\"patch_size\": 8, \"embed_dim\": 32, \"depth\": 2, \"num_heads\": 2, \"reg_tokens\": 4}'}\n"
+        "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2, reg_tokens: 4, stem_act: relu}}\n"
         "  - name: surrogate\n    config: surrogate_synthetic\n"
         "    overrides: {model.init_args.classifier_ckpt: '{classifier}'}\n"
     )
@@ -108,6 +108,7 @@ def test_pipeline_runs_stages_in_order_and_skips_finished_ones_on_resume(tmp_pat
     assert (tmp_path / "runs" / "pipe" / "surrogate" / "results.json").is_file()
     out = capsys.readouterr().out
     assert "best ckpt" in out and "pipe/surrogate" in out
+    assert "stem_act: relu" in (tmp_path / "runs" / "pipe" / "classifier" / "config.yaml").read_text()
     again = train.main(["--config", str(spec), "--ckpt_path", "last"] + extra)
     assert "already finished" in capsys.readouterr().out and len(again) == 2
 
