@@ -66,8 +66,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random map and of the R-metric masks")
     parser.add_argument("--data-seed", type=int, default=0, help="SyntheticDataModule seed (0 = the configs' test set)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--matmul-precision", default="highest", choices=("highest", "high", "medium"),
+                        help="torch.set_float32_matmul_precision ('high' = TF32 matrix products on a GPU)")
     parser.add_argument("--out", default="benchmarks/results/salvage_quality.md")
     args = parser.parse_args()
+    torch.set_float32_matmul_precision(args.matmul_precision)
 
     spec = surrogate_backbone_spec(args.surrogate)
     probe = ExplainerModule(surrogate_ckpt=args.surrogate, backbone_spec=spec)
@@ -88,16 +91,23 @@ def main() -> None:
                               explainer if explainer.hparams.loss == "js" else None)
         rows[name]["seconds"] = time.time() - start
         rows[name]["loss/sampler"] = f"{explainer.hparams.loss}/{explainer.hparams.sampler}"
+        write_table(rows, args, spec["img_size"], (gh, gw))
+    start = time.time()
     rows["Random"] = evaluate(
         "Random", lambda x, g: torch.rand(x.shape[0], gh, gw, generator=g, device=x.device), game, reference,
         images, masks, labels, args,
     )
+    rows["Random"]["seconds"] = time.time() - start
+    print(write_table(rows, args, spec["img_size"], (gh, gw)))
 
+
+def write_table(rows: dict[str, dict], args: argparse.Namespace, img_size: int, grid: tuple[int, int]) -> str:
+    """Write the markdown table and its JSON (after every method, so a run cut short keeps the rows it finished)."""
     command = " ".join(["python benchmarks/salvage_quality.py", *sys.argv[1:]])
     lines = [
         f"Command: `{command}`",
         "",
-        f"# Salvage quality on the synthetic test set ({args.n_images} images, {spec['img_size']} px, {gh}x{gw} patches)",
+        f"# Salvage quality on the synthetic test set ({args.n_images} images, {img_size} px, {grid[0]}x{grid[1]} patches)",
         "",
         f"Surrogate `{args.surrogate}`; target = surrogate top-1; R-metrics with {args.n_masks} masks per subset size; "
         "scores x 100 (higher is better except LIF, R-LIF).",
@@ -110,12 +120,11 @@ def main() -> None:
         cells += [f"{100 * r[c]:.2f}" if c in r else "-" for c in ("explainer_acc", "classifier_acc", "agreement")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-
+    return text
 
 if __name__ == "__main__":
     main()
