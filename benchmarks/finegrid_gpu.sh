@@ -46,7 +46,7 @@ wait "${pids[@]}"
 echo "explainers trained; $(left) s left"
 
 long=$root/finegrid_long
-timeout "$(left)" python benchmarks/salvage_quality.py --surrogate "$surrogate" \
+timeout "$(left)" python -m benchmarks.salvage_quality --surrogate "$surrogate" \
   --explainer "Salvage (js, guided)=$long/salvage/checkpoints/best.ckpt" \
   --explainer "ViT-Shapley (mse, shapley)=$long/vit_shapley/checkpoints/best.ckpt" \
   --explainer "Salvage (js, shapley sampler)=$long/salvage_shapley_sampler/checkpoints/best.ckpt" \
@@ -58,7 +58,7 @@ if [ -n "${EXPLAINERS_200:-}" ] && [ "$(left)" -gt 10 ]; then
   args=()
   IFS=';' read -r -a items <<< "$EXPLAINERS_200"
   for item in "${items[@]}"; do args+=(--explainer "$item"); done
-  timeout "$(left)" python benchmarks/salvage_quality.py --surrogate "$surrogate" "${args[@]}" \
+  timeout "$(left)" python -m benchmarks.salvage_quality --surrogate "$surrogate" "${args[@]}" \
     --n-images "${N_IMAGES:-500}" --n-masks "${N_MASKS:-32}" --batch-size 50 --metric-batch 8192 \
     --matmul-precision high --out "$out/salvage_quality_finegrid_200.md" > "$out/quality_200.log" 2>&1
 fi
