@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from models.queries import QueryEngine
 from rex.search import passes
@@ -53,25 +54,17 @@ def pixel_rank(maps: Tensor, region: Tensor | None = None) -> Tensor:
     return rank
 
 
-def _gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
-    """Maps (B, H, W) float64 blurred by a separable Gaussian of `sigma` pixels (3 sigma wide, edges replicated)."""
-    r = max(1, int(3 * sigma + 0.5))
-    x = torch.arange(-r, r + 1, dtype=torch.float64, device=maps.device)
-    k = torch.exp(-x**2 / (2 * sigma**2))
-    k = k / k.sum()
-    m = F.conv2d(F.pad(maps.double()[:, None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    m = F.conv2d(F.pad(m, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-    return m[:, 0]
-
-
 def tie_broken(maps: Tensor, sigma: float) -> Tensor:
     """Algorithm 3, line 9 with ties broken by a Gaussian-blurred copy of the map (pixels nearer the centre of
     responsibility mass first, a smoothing as in SmoothGrad) instead of by pixel index: keys (B, H, W) float64
-    without ties whose `pixel_rank` is that ranking; `maps` themselves where `sigma` is 0."""
+    without ties whose `pixel_rank` is that ranking; `maps` themselves where `sigma` is 0. The blur is torchvision's,
+    3 sigma each side (at most the map's size less one), edges reflected."""
     if sigma <= 0:
         return maps
     b, h, w = maps.shape
-    by_blur = torch.argsort(_gaussian_blur(maps, sigma).flatten(1), dim=1, descending=True, stable=True)
+    size = 2 * min(max(1, int(3 * sigma + 0.5)), min(h, w) - 1) + 1
+    blurred = gaussian_blur(maps.double()[:, None], [size, size], [sigma, sigma])
+    by_blur = torch.argsort(blurred.flatten(1), dim=1, descending=True, stable=True)
     by_map = torch.argsort(maps.flatten(1).double().gather(1, by_blur), dim=1, descending=True, stable=True)
     order = by_blur.gather(1, by_map)
     keys = torch.empty(b, h * w, dtype=torch.float64, device=maps.device)
