@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -103,7 +104,7 @@ def main() -> None:
 
 def write_table(rows: dict[str, dict], args: argparse.Namespace, img_size: int, grid: tuple[int, int]) -> str:
     """Write the markdown table and its JSON (after every method, so a run cut short keeps the rows it finished)."""
-    command = " ".join(["python benchmarks/salvage_quality.py", *sys.argv[1:]])
+    command = shlex.join(["python", "benchmarks/salvage_quality.py", *sys.argv[1:]])
     lines = [
         f"Command: `{command}`",
         "",
