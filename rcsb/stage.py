@@ -227,7 +227,7 @@ class BridgeModule(StageModule):
         self.update_ema()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=0.0)
+        return self.adamw(self.net.parameters(), self.hparams.lr, 0.0)
 
     # ------------------------------------------------------------------ evaluation
 
