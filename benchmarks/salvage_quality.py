@@ -127,5 +127,6 @@ def write_table(rows: dict[str, dict], args: argparse.Namespace, img_size: int, 
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     return text
 
+
 if __name__ == "__main__":
     main()
