@@ -1,5 +1,7 @@
 """RCSB bridge stage (rcsb.stage) and the "rcsb" method (rcsb.method): training lowers the loss, EMA checkpoints
 round-trip through load_stage, wrong-stage and wrong-target errors, and the method's region and scores."""
+from types import SimpleNamespace
+
 import lightning as L
 import numpy as np
 import pytest
@@ -61,6 +63,13 @@ def test_a_few_training_steps_lower_the_loss(trained):
     metrics = trained["trainer"].callback_metrics
     assert "val/loss" in metrics and torch.isfinite(metrics["val/loss"])
     assert int(trained["module"].ema_updates) == STEPS
+
+
+def test_the_bridge_steps_with_fused_adamw_except_under_fp16(trained):
+    assert trained["trainer"].optimizers[0].defaults["fused"] is True  # CPU at 32-true: one kernel for all tensors
+    module = BridgeModule(network="tiny", image_size=SIZE)
+    module._trainer = SimpleNamespace(precision="16-mixed")  # GradScaler's unscaling would clash with clipping
+    assert module.configure_optimizers().defaults["fused"] is False
 
 
 def test_ema_weights_move_slowly_towards_the_trained_ones(trained):
