@@ -3,7 +3,9 @@
 #   1. the whole pipeline finegrid.yaml, each stage timed (it shares the GPU with steps 2-3, so its times are upper bounds);
 #   2. Salvage (js, guided), Salvage (js, shapley sampler) and ViT-Shapley (mse, shapley) trained for EPOCHS x 200 steps
 #      on SURROGATE (the CPU pipeline's surrogate, so the game is the one the CPU tables use);
-#   3. benchmarks/salvage_quality.py at full size on the explainers of step 2, then on any EXPLAINERS_200 given.
+#   3. benchmarks/salvage_quality.py at full size on the explainers of step 2, then on any EXPLAINERS_200 given;
+#   4. with METHODS=1, every registered method on 200 occluded scenes (benchmarks/methods_comparison.py), KernelSHAP and
+#      LIME also at 2048 coalitions, in the time left.
 # Usage: bash benchmarks/finegrid_gpu.sh SURROGATE_CKPT OUT_DIR
 # Environment: EPOCHS (10), MAX_TIME per explainer (00:00:04:30), N_IMAGES (500), N_MASKS (32), DEADLINE in seconds from
 # the start for everything (560), PIPELINE (finegrid.yaml; empty to skip), RUN_ROOT (runs_gpu), EXTRA (more train.py
@@ -61,6 +63,13 @@ if [ -n "${EXPLAINERS_200:-}" ] && [ "$(left)" -gt 10 ]; then
   timeout "$(left)" python -m benchmarks.salvage_quality --surrogate "$surrogate" "${args[@]}" \
     --n-images "${N_IMAGES:-500}" --n-masks "${N_MASKS:-32}" --batch-size 50 --metric-batch 8192 \
     --matmul-precision high --out "$out/salvage_quality_finegrid_200.md" > "$out/quality_200.log" 2>&1
+fi
+if [ -n "${METHODS:-}" ] && [ "$(left)" -gt 10 ]; then
+  timeout "$(left)" python benchmarks/methods_comparison.py --data classifier_finegrid \
+    --explainer "$long/salvage/checkpoints/best.ckpt" --vit-shapley "$long/vit_shapley/checkpoints/best.ckpt" \
+    --limit 200 --data-arg occluders=3 --srg-masks 16 --batch-size 50 \
+    --variant kernel_shap.n_samples=2048 --variant lime.n_samples=2048 \
+    --out "$root/methods_finegrid" --table "$out/methods_finegrid.md" > "$out/methods.log" 2>&1
 fi
 [ -n "${pipeline_pid:-}" ] && wait "$pipeline_pid"
 echo "all done; $(left) s left"
