@@ -48,21 +48,21 @@ wait "${pids[@]}"
 echo "explainers trained; $(left) s left"
 
 long=$root/finegrid_long
+quality=(--n-images "${N_IMAGES:-500}" --n-masks "${N_MASKS:-32}" --batch-size 50 --metric-batch 8192
+         --matmul-precision high)
 timeout "$(left)" python -m benchmarks.salvage_quality --surrogate "$surrogate" \
   --explainer "Salvage (js, guided)=$long/salvage/checkpoints/best.ckpt" \
   --explainer "ViT-Shapley (mse, shapley)=$long/vit_shapley/checkpoints/best.ckpt" \
   --explainer "Salvage (js, shapley sampler)=$long/salvage_shapley_sampler/checkpoints/best.ckpt" \
-  --n-images "${N_IMAGES:-500}" --n-masks "${N_MASKS:-32}" --batch-size 50 --metric-batch 8192 \
-  --matmul-precision high --out "$out/salvage_quality_finegrid.md" > "$out/quality.log" 2>&1
+  "${quality[@]}" --out "$out/salvage_quality_finegrid.md" > "$out/quality.log" 2>&1
 echo "quality table done; $(left) s left"
 
 if [ -n "${EXPLAINERS_200:-}" ] && [ "$(left)" -gt 10 ]; then
   args=()
   IFS=';' read -r -a items <<< "$EXPLAINERS_200"
   for item in "${items[@]}"; do args+=(--explainer "$item"); done
-  timeout "$(left)" python -m benchmarks.salvage_quality --surrogate "$surrogate" "${args[@]}" \
-    --n-images "${N_IMAGES:-500}" --n-masks "${N_MASKS:-32}" --batch-size 50 --metric-batch 8192 \
-    --matmul-precision high --out "$out/salvage_quality_finegrid_200.md" > "$out/quality_200.log" 2>&1
+  timeout "$(left)" python -m benchmarks.salvage_quality --surrogate "$surrogate" "${args[@]}" "${quality[@]}" \
+    --out "$out/salvage_quality_finegrid_200.md" > "$out/quality_200.log" 2>&1
 fi
 if [ -n "${METHODS:-}" ] && [ "$(left)" -gt 10 ]; then
   timeout "$(left)" python benchmarks/methods_comparison.py --data classifier_finegrid \
