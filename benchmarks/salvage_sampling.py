@@ -62,7 +62,7 @@ def main() -> None:
         for sampler in SAMPLERS:
             masks = sample_masks(sampler, 1, args.masks, n, generator, "cpu", phi)[0]
             with torch.no_grad():
-                probs = surrogate(image.expand(len(masks), -1, -1, -1), masks).softmax(-1)[:, int(target)]
+                probs = surrogate(image, masks, torch.zeros(len(masks), dtype=torch.long)).softmax(-1)[:, int(target)]
             cov = coverage(masks)
             r = rows[sampler]
             r["bins"].append(torch.bincount(torch.bucketize(probs, BINS), minlength=5).float() / len(masks))

@@ -108,8 +108,8 @@ class ClassifierModule(MaskableModule):
         )
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
-    def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
-        return self.model(images, patch_mask)
+    def forward(self, images: Tensor, patch_mask: Tensor | None = None, index: Tensor | None = None) -> Tensor:
+        return self.model(images, patch_mask, index)
 
     def provides(self) -> dict[str, nn.Module]:
         return {"classifier": self.model}

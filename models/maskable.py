@@ -70,21 +70,38 @@ class MaskableClassifier(nn.Module):
     def num_patches(self) -> int:
         return self.patch_grid[0] * self.patch_grid[1]
 
-    def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
-        """Logits (B, C) for images (B, 3, H, W) in [0, 1]; patch_mask (B, n_patches) bool, True = visible."""
-        if patch_mask is not None and patch_mask.shape != (images.shape[0], self.num_patches):
+    def forward(self, images: Tensor, patch_mask: Tensor | None = None, index: Tensor | None = None) -> Tensor:
+        """Logits (B, C) for images (B, 3, H, W) in [0, 1]; patch_mask (B, n_patches) bool, True = visible.
+
+        With `index` (M,), row m is image `index[m]` under `patch_mask[m]` (M, n_patches): many masks of few images.
+        A ViT then embeds each image's patches once and gathers them per row (its stem sees every patch on its own,
+        so this is exact), whenever that is cheaper than embedding each row's visible patches."""
+        rows = images.shape[0] if index is None else index.shape[0]
+        if index is not None and (patch_mask is None or index.dim() != 1):
+            raise ValueError(f"`index` (M,) needs a patch_mask (M, n_patches); got index of shape {tuple(index.shape)} "
+                             f"and {'no patch_mask' if patch_mask is None else 'a patch_mask'}")
+        if patch_mask is not None and patch_mask.shape != (rows, self.num_patches):
             raise ValueError(
-                f"patch_mask must have shape (batch, {self.num_patches}) for patch grid {self.patch_grid}, "
-                f"got {tuple(patch_mask.shape)}"
+                f"patch_mask must have shape ({'len(index)' if index is not None else 'batch'}, {self.num_patches}) "
+                f"for patch grid {self.patch_grid}, got {tuple(patch_mask.shape)}"
             )
+        shared = index is not None and self.drops_tokens and self._shares_embedding(images.shape[0], patch_mask)
+        if index is not None and not shared:
+            images, index = images[index], None
         if patch_mask is not None and not self.is_vit:
             images = apply_mask(images, self.pixel_mask(patch_mask, images.shape[-2:]), mask_fill(self, images=images))
         x = (images - self.mean) / self.std
         if patch_mask is None or not self.is_vit:
             return self.backbone(x)
         if self.drops_tokens and len(patch_mask):
-            return self._forward_visible(x, patch_mask.bool())
+            return self._forward_visible(x, patch_mask.bool(), index)
         return self._forward_attention_masked(x, patch_mask.bool())
+
+    def _shares_embedding(self, n_images: int, patch_mask: Tensor) -> bool:
+        """Whether embedding all patches of the distinct images costs less than the rows' visible patches."""
+        if not hasattr(self.backbone.patch_embed, "forward_patches"):
+            return True
+        return n_images * self.num_patches <= int(patch_mask.sum())
 
     def _forward_attention_masked(self, x: Tensor, patch_mask: Tensor) -> Tensor:
         """Logits with every patch token computed and the masked ones removed from attention as keys."""
@@ -92,26 +109,31 @@ class MaskableClassifier(nn.Module):
         keys = torch.cat([prefix, patch_mask], dim=1)[:, None, None, :]
         return self.backbone.forward_head(self.backbone.forward_features(x, attn_mask=keys))
 
-    def _forward_visible(self, x: Tensor, patch_mask: Tensor) -> Tensor:
+    def _forward_visible(self, x: Tensor, patch_mask: Tensor, index: Tensor | None = None) -> Tensor:
         """Logits from the visible patch tokens only (the same numbers as attention masking, at the cost of the
         visible patches): rows are grouped by their number of visible patches, each group padded to its largest
-        count, and only the padding is masked out of attention."""
+        count, and only the padding is masked out of attention. With `index`, row m's tokens are gathered from
+        image `index[m]`'s embedded patches."""
         counts = patch_mask.sum(1)
+        embedded = None if index is None else self.backbone.patch_embed(x)
         groups, logits = _count_groups(counts), []
         for rows in groups:
             k = int(counts[rows].max())
-            index = torch.argsort((~patch_mask[rows]).to(torch.uint8), dim=1, stable=True)[:, :k]
+            chosen = torch.argsort((~patch_mask[rows]).to(torch.uint8), dim=1, stable=True)[:, :k]
             valid = torch.arange(k, device=x.device)[None] < counts[rows, None]
-            logits.append(self._visible_logits(x[rows], index, valid))
+            if embedded is not None:
+                tokens = embedded[index[rows][:, None], chosen]
+            elif hasattr(self.backbone.patch_embed, "forward_patches"):
+                tokens = self.backbone.patch_embed.forward_patches(x[rows], chosen)
+            else:
+                tokens = self.backbone.patch_embed(x[rows])
+                tokens = tokens.gather(1, chosen[..., None].expand(-1, -1, tokens.shape[-1]))
+            logits.append(self._visible_logits(tokens, chosen, valid))
         return torch.cat(logits)[torch.argsort(torch.cat(groups))]
 
-    def _visible_logits(self, x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+    def _visible_logits(self, tokens: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+        """Logits of rows whose patch tokens (b, k, D) are the patches `index` (b, k); `valid` marks the real ones."""
         vit, (b, k) = self.backbone, index.shape
-        if hasattr(vit.patch_embed, "forward_patches"):
-            tokens = vit.patch_embed.forward_patches(x, index)
-        else:
-            tokens = vit.patch_embed(x)
-            tokens = tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
         prefix = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
         n_prefix = self.num_prefix_tokens
         if vit.no_embed_class:

@@ -156,8 +156,8 @@ class ExplainerModule(MaskableModule):
     def game_values(self, images: Tensor, masks: Tensor) -> Tensor:
         """v(S) = softmax(surrogate(x, S)) for masks (B, M, n), all B * M masked images in one call: (B, M, C)."""
         b, m, n = masks.shape
-        repeated = images.repeat_interleave(m, dim=0)
-        return self._game()(repeated, masks.reshape(b * m, n)).float().softmax(-1).view(b, m, -1)
+        index = torch.arange(b, device=images.device).repeat_interleave(m)
+        return self._game()(images, masks.reshape(b * m, n), index).float().softmax(-1).view(b, m, -1)
 
     def _sets(self, images: Tensor) -> Tensor:
         out = self.net(images)

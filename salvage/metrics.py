@@ -1,7 +1,8 @@
 """Salvage's evaluation metrics (appendix A.1) for any attribution map: MIF/LIF/SRG (Alg. 1, eq. 7), R-MIF/R-LIF/R-SRG (Alg. 2, eq. 8);
 RMA/RRA are `explainers.metrics`.
 
-`model(images, patch_mask) -> logits` is the game (the surrogate); curves are its probability of the target class.
+`model(images, patch_mask, index) -> logits` is the game (the surrogate; row m is image index[m] under patch_mask[m],
+as `models.MaskableClassifier` takes it); curves are its probability of the target class.
 Maps may be patch level (B, C, gh, gw) / (B, gh, gw) or pixel level (B, H, W) (averaged over each patch).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from explainers.maps import select_class
 from explainers.metrics import ScoreSummary, relevance_mass_accuracy, relevance_rank_accuracy
 from salvage.sampling import min_max_normalise, weighted_subsets
 
-Game = Callable[[Tensor, Tensor], Tensor]
+Game = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def patch_scores(maps: Tensor, grid: tuple[int, int], target: Tensor | None = None) -> Tensor:
@@ -38,7 +39,7 @@ def masked_target_probs(model: Game, images: Tensor, masks: Tensor, target: Tens
     probs = []
     for start in range(0, b * m, batch_size):
         rows = owner[start:start + batch_size]
-        logits = model(images[rows], flat_masks[start:start + batch_size])
+        logits = model(images, flat_masks[start:start + batch_size], rows)
         probs.append(logits.float().softmax(-1).gather(1, target[rows, None]).squeeze(1))
     return torch.cat(probs).view(b, m)
 

@@ -53,8 +53,8 @@ class SurrogateModule(MaskableModule):
         self.val_kl = MeanMetric()
         self.agreement = MulticlassAccuracy(backbone_spec["num_classes"], average="micro")
 
-    def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
-        return self.model(images, patch_mask)
+    def forward(self, images: Tensor, patch_mask: Tensor | None = None, index: Tensor | None = None) -> Tensor:
+        return self.model(images, patch_mask, index)
 
     def provides(self) -> dict[str, torch.nn.Module]:
         """The surrogate answers the classifier's queries and is the game of Salvage's SRG metrics."""

@@ -63,6 +63,34 @@ def test_dropping_masked_tokens_equals_attention_masking(backbone):
     assert (fast - slow).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "vit_tiny_deepstem8", "resnet10t"])
+@pytest.mark.parametrize("masks_per_image", [1, 8])
+def test_index_rows_equal_the_repeated_images(backbone, masks_per_image):
+    """forward(images, masks, index) is forward(images[index], masks); a per-patch stem embeds each image once when
+    that is cheaper than the rows' visible patches (8 masks of each image), not otherwise (1 mask each)."""
+    torch.manual_seed(0)
+    if backbone == "resnet10t":
+        model = build_classifier(backbone, num_classes=6, img_size=32, patch_size=8).eval()
+    else:
+        model = build_classifier(**{**TINY_VIT, "backbone": backbone}).eval()
+    images = torch.rand(3, 3, 32, 32)
+    index = torch.arange(3).repeat_interleave(masks_per_image)
+    mask = uniform_size_masks(len(index), model.num_patches, torch.Generator().manual_seed(0))
+    embedded = []
+    if model.is_vit:
+        model.backbone.patch_embed.register_forward_hook(lambda mod, args, out: embedded.append(args[0].shape[0]))
+    with torch.no_grad():
+        shared = model(images, mask, index)
+        repeated = model(images[index], mask)
+    assert (shared - repeated).abs().max() <= 1e-5
+    if backbone == "vit_tiny_deepstem8":
+        assert embedded == ([3] if masks_per_image == 8 else [])  # else only `forward_patches` on visible patches
+    with pytest.raises(ValueError, match="len\\(index\\)"):
+        model(images, mask[:-1], index)
+    with pytest.raises(ValueError, match="needs a patch_mask"):
+        model(images, None, index)
+
+
 def test_count_groups_cover_every_row_once_with_bounded_padding():
     counts = torch.tensor([16, 0, 3, 3, 9, 1, 12, 16, 5] * 8)
     groups = _count_groups(counts)

@@ -19,7 +19,7 @@ class AdditiveGame(nn.Module):
         self.a = torch.tensor(a)
         self.calls = []
 
-    def forward(self, images, patch_mask):
+    def forward(self, images, patch_mask, index):
         self.calls.append(patch_mask.shape[0])
         logit = patch_mask.float() @ self.a
         return torch.stack([torch.zeros_like(logit), logit], dim=1)

@@ -82,7 +82,7 @@ def test_vit_shapley_variant_takes_a_step_with_one_surrogate_call_for_all_masks(
     model.setup("fit")
     calls = []
     game = model.game
-    model.game.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    model.game.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
     images = torch.rand(2, 3, 32, 32)
     loss = model.training_step({"image": images, "label": torch.tensor([0, 1])}, 0)
     loss.backward()
