@@ -32,8 +32,8 @@ def kernel_shap_rate(game, images: torch.Tensor, n_samples: int, per_eval: int, 
     n = game.num_patches
 
     def forward(presence: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        batch = image.expand(presence.shape[0], -1, -1, -1)
-        return game(batch, presence > 0.5).float().softmax(-1)
+        index = torch.zeros(presence.shape[0], dtype=torch.long, device=presence.device)
+        return game(image, presence > 0.5, index).float().softmax(-1)
 
     ks = KernelShap(forward)
     start = time.perf_counter()
