@@ -174,9 +174,25 @@ def _as_args(overrides: dict[str, Any] | list[str] | None, done: dict[str, dict[
     return args
 
 
+def pipeline_name(config: Path, spec: dict[str, Any], extra: list[str]) -> tuple[str, list[str]]:
+    """The pipeline's name (`--name` on the command line, else the config's `name`, else its file name) and the
+    other arguments: each stage is named `<pipeline>/<stage>`, so a `--name` must not reach the stages."""
+    name, rest, i = spec.get("name", config.stem), [], 0
+    while i < len(extra):
+        if extra[i] == "--name" and i + 1 < len(extra):
+            name, i = extra[i + 1], i + 2
+            continue
+        if extra[i].startswith("--name="):
+            name = extra[i].split("=", 1)[1]
+        else:
+            rest.append(extra[i])
+        i += 1
+    return name, rest
+
+
 def run_pipeline(config: Path, spec: dict[str, Any], extra: list[str]) -> list[dict[str, Any]]:
     """Run the stages of a pipeline config in order; finished stages (results.json present) are not rerun."""
-    name = spec.get("name", config.stem)
+    name, extra = pipeline_name(config, spec, extra)
     resume = "--ckpt_path" in extra
     done: dict[str, dict[str, Any]] = {}
     for stage in spec["pipeline"]:

@@ -1,6 +1,7 @@
 """train.py end to end on tiny settings: outputs, checkpoints, resume, pipeline, and errors before training."""
 import json
 import pickle
+from pathlib import Path
 
 import yaml
 
@@ -111,6 +112,14 @@ def test_pipeline_runs_stages_in_order_and_skips_finished_ones_on_resume(tmp_pat
     assert "stem_act: relu" in (tmp_path / "runs" / "pipe" / "classifier" / "config.yaml").read_text()
     again = train.main(["--config", str(spec), "--ckpt_path", "last"] + extra)
     assert "already finished" in capsys.readouterr().out and len(again) == 2
+
+
+def test_a_pipeline_run_is_renamed_by_name_and_its_stages_keep_their_own_names():
+    spec, config = {"name": "finegrid"}, Path("finegrid.yaml")
+    assert train.pipeline_name(config, spec, ["--wandb", "false"]) == ("finegrid", ["--wandb", "false"])
+    assert train.pipeline_name(config, spec, ["--name", "try2", "--wandb", "false"]) == ("try2", ["--wandb", "false"])
+    assert train.pipeline_name(config, {}, ["--name=try3"]) == ("try3", [])
+    assert train.pipeline_name(config, {}, []) == ("finegrid", [])
 
 
 def test_wandb_is_the_default_logger_and_runs_offline(tmp_path, monkeypatch):
