@@ -74,8 +74,8 @@ class MaskableClassifier(nn.Module):
         """Logits (B, C) for images (B, 3, H, W) in [0, 1]; patch_mask (B, n_patches) bool, True = visible.
 
         With `index` (M,), row m is image `index[m]` under `patch_mask[m]` (M, n_patches): many masks of few images.
-        A ViT then embeds each image's patches once and gathers them per row (its stem sees every patch on its own,
-        so this is exact), whenever that is cheaper than embedding each row's visible patches."""
+        A ViT then embeds the patches of each image that `index` names once and gathers them per row (its stem sees
+        every patch on its own, so this is exact), whenever that is cheaper than embedding each row's visible patches."""
         rows = images.shape[0] if index is None else index.shape[0]
         if index is not None and (patch_mask is None or index.dim() != 1):
             raise ValueError(f"`index` (M,) needs a patch_mask (M, n_patches); got index of shape {tuple(index.shape)} "
@@ -85,9 +85,8 @@ class MaskableClassifier(nn.Module):
                 f"patch_mask must have shape ({'len(index)' if index is not None else 'batch'}, {self.num_patches}) "
                 f"for patch grid {self.patch_grid}, got {tuple(patch_mask.shape)}"
             )
-        shared = index is not None and self.drops_tokens and self._shares_embedding(images.shape[0], patch_mask)
-        if index is not None and not shared:
-            images, index = images[index], None
+        if index is not None:
+            images, index = self._rows(images, patch_mask, index)
         if patch_mask is not None and not self.is_vit:
             images = apply_mask(images, self.pixel_mask(patch_mask, images.shape[-2:]), mask_fill(self, images=images))
         x = (images - self.mean) / self.std
@@ -97,11 +96,20 @@ class MaskableClassifier(nn.Module):
             return self._forward_visible(x, patch_mask.bool(), index)
         return self._forward_attention_masked(x, patch_mask.bool())
 
-    def _shares_embedding(self, n_images: int, patch_mask: Tensor) -> bool:
-        """Whether embedding all patches of the distinct images costs less than the rows' visible patches."""
-        if not hasattr(self.backbone.patch_embed, "forward_patches"):
-            return True
-        return n_images * self.num_patches <= int(patch_mask.sum())
+    def _rows(self, images: Tensor, patch_mask: Tensor, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The images named by `index` and each row's position among them, when a ViT embeds their patches once;
+        else the rows' own images (M, 3, H, W) and None. Sharing wins unless the visible patches are fewer than all
+        patches of the images named (a per-patch stem can embed the visible ones alone)."""
+        if not len(index):
+            return images[:0], None
+        if int(index.min()) < 0 or int(index.max()) >= images.shape[0]:
+            raise ValueError(f"`index` names images {int(index.min())}..{int(index.max())}, but there are "
+                             f"{images.shape[0]} images")
+        used, inverse = torch.unique(index, return_inverse=True)
+        per_patch = hasattr(self.backbone, "patch_embed") and hasattr(self.backbone.patch_embed, "forward_patches")
+        if self.drops_tokens and (not per_patch or len(used) * self.num_patches <= int(patch_mask.sum())):
+            return (images[used] if len(used) < images.shape[0] else images), inverse
+        return images[index], None
 
     def _forward_attention_masked(self, x: Tensor, patch_mask: Tensor) -> Tensor:
         """Logits with every patch token computed and the masked ones removed from attention as keys."""

@@ -89,6 +89,13 @@ def test_index_rows_equal_the_repeated_images(backbone, masks_per_image):
         model(images, mask[:-1], index)
     with pytest.raises(ValueError, match="needs a patch_mask"):
         model(images, None, index)
+    with pytest.raises(ValueError, match="there are 3 images"):
+        model(images, mask, index + 1)
+    last = (index == 2).nonzero().flatten()
+    with torch.no_grad():  # rows of the last image only: only that image is embedded
+        assert torch.allclose(model(images, mask[last], index[last]), repeated[last], atol=1e-5)
+    if backbone == "vit_tiny_deepstem8":
+        assert embedded == ([3, 1] if masks_per_image == 8 else [])
 
 
 def test_count_groups_cover_every_row_once_with_bounded_padding():
