@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -118,7 +120,10 @@ def main() -> None:
         "speedup_batch1": single / kernel,
         "train_masked_images_per_s": train,
     }
+    command = shlex.join(["python", "-m", "benchmarks.salvage_speed", *sys.argv[1:]])
     text = "\n".join([
+        f"Command: `{command}`",
+        "",
         f"# Salvage explainer speed vs KernelSHAP ({device})",
         "",
         f"Surrogate `{args.surrogate}` ({spec['backbone']}, {spec['img_size']} px, {game.num_patches} patches); explainer "
