@@ -174,20 +174,27 @@ def _as_args(overrides: dict[str, Any] | list[str] | None, done: dict[str, dict[
     return args
 
 
+def split_option(argv: list[str], names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The values of the option `names` in argv (`--opt value` or `--opt=value`, in order) and the other arguments."""
+    values, rest, i = [], [], 0
+    while i < len(argv):
+        flag, eq, value = argv[i].partition("=")
+        if flag in names and eq:
+            values.append(value)
+        elif argv[i] in names and i + 1 < len(argv):
+            values.append(argv[i + 1])
+            i += 1
+        else:
+            rest.append(argv[i])
+        i += 1
+    return values, rest
+
+
 def pipeline_name(config: Path, spec: dict[str, Any], extra: list[str]) -> tuple[str, list[str]]:
     """The pipeline's name (`--name` on the command line, else the config's `name`, else its file name) and the
     other arguments: each stage is named `<pipeline>/<stage>`, so a `--name` must not reach the stages."""
-    name, rest, i = spec.get("name", config.stem), [], 0
-    while i < len(extra):
-        if extra[i] == "--name" and i + 1 < len(extra):
-            name, i = extra[i + 1], i + 2
-            continue
-        if extra[i].startswith("--name="):
-            name = extra[i].split("=", 1)[1]
-        else:
-            rest.append(extra[i])
-        i += 1
-    return name, rest
+    names, rest = split_option(extra, ("--name",))
+    return (names[-1] if names else spec.get("name", config.stem)), rest
 
 
 def run_pipeline(config: Path, spec: dict[str, Any], extra: list[str]) -> list[dict[str, Any]]:
@@ -229,11 +236,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             argv[i + 1] = str(resolve_config(argv[i + 1]))
         elif arg.startswith("--config="):
             argv[i] = "--config=" + str(resolve_config(arg.split("=", 1)[1]))
-    configs = [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
-    spec = yaml.safe_load(configs[0].read_text()) if configs else None
+    configs, rest = split_option(argv, ("--config", "-c"))
+    spec = yaml.safe_load(Path(configs[0]).read_text()) if configs else None
     if isinstance(spec, dict) and "pipeline" in spec:
-        rest = [a for i, a in enumerate(argv) if a not in ("--config", "-c") and (i == 0 or argv[i - 1] not in ("--config", "-c"))]
-        results = run_pipeline(configs[0], spec, rest)
+        results = run_pipeline(Path(configs[0]), spec, rest)
     else:
         results = [run_stage(argv)]
     summarise(results)

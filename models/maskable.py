@@ -58,8 +58,9 @@ class MaskableClassifier(nn.Module):
                 backbone.pos_embed is not None and not backbone.dynamic_img_size
                 and isinstance(backbone.patch_drop, nn.Identity) and getattr(backbone.patch_embed, "flatten", True)
             )
+            self.embeds_per_patch = hasattr(backbone.patch_embed, "forward_patches")
         else:
-            self.drops_tokens = False
+            self.drops_tokens = self.embeds_per_patch = False
             if patch_size is None or img_size is None:
                 raise ValueError("a CNN backbone needs `img_size` and `patch_size` to define its patch grid for masking")
             if img_size % patch_size:
@@ -106,8 +107,7 @@ class MaskableClassifier(nn.Module):
             raise ValueError(f"`index` names images {int(index.min())}..{int(index.max())}, but there are "
                              f"{images.shape[0]} images")
         used, inverse = torch.unique(index, return_inverse=True)
-        per_patch = hasattr(self.backbone, "patch_embed") and hasattr(self.backbone.patch_embed, "forward_patches")
-        if self.drops_tokens and (not per_patch or len(used) * self.num_patches <= int(patch_mask.sum())):
+        if self.drops_tokens and (not self.embeds_per_patch or len(used) * self.num_patches <= int(patch_mask.sum())):
             return (images[used] if len(used) < images.shape[0] else images), inverse
         return images[index], None
 
@@ -131,7 +131,7 @@ class MaskableClassifier(nn.Module):
             valid = torch.arange(k, device=x.device)[None] < counts[rows, None]
             if embedded is not None:
                 tokens = embedded[index[rows][:, None], chosen]
-            elif hasattr(self.backbone.patch_embed, "forward_patches"):
+            elif self.embeds_per_patch:
                 tokens = self.backbone.patch_embed.forward_patches(x[rows], chosen)
             else:
                 tokens = self.backbone.patch_embed(x[rows])

@@ -120,6 +120,8 @@ def test_a_pipeline_run_is_renamed_by_name_and_its_stages_keep_their_own_names()
     assert train.pipeline_name(config, spec, ["--name", "try2", "--wandb", "false"]) == ("try2", ["--wandb", "false"])
     assert train.pipeline_name(config, {}, ["--name=try3"]) == ("try3", [])
     assert train.pipeline_name(config, {}, []) == ("finegrid", [])
+    argv = ["--config=a.yaml", "-c", "b.yaml", "--trainer.x=1", "--name"]
+    assert train.split_option(argv, ("--config", "-c")) == (["a.yaml", "b.yaml"], ["--trainer.x=1", "--name"])
 
 
 def test_wandb_is_the_default_logger_and_runs_offline(tmp_path, monkeypatch):
