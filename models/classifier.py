@@ -17,7 +17,8 @@ MASKED_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 class MaskableModule(StageModule):
-    """Shared training plumbing: AdamW with linear warm-up and cosine decay, finite-loss guard, masked test accuracy."""
+    """Shared training plumbing: AdamW (no decay on biases, norms and tokens) with linear warm-up and cosine decay,
+    finite-loss guard, masked test accuracy."""
 
     def __init__(self, num_classes: int, lr: float, weight_decay: float, warmup_steps: int, eval_seed: int) -> None:
         super().__init__()
@@ -63,8 +64,7 @@ class MaskableModule(StageModule):
             metric.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = self.adamw(params, self.hparams.lr, self.hparams.weight_decay)
+        opt = self.adamw(self.weight_decay_groups(self.hparams.weight_decay), self.hparams.lr, self.hparams.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = min(self.hparams.warmup_steps, total // 2)
 

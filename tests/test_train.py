@@ -165,6 +165,19 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
         train.main(tiny_stage_args(tmp_path, "nan") + ["--model.init_args.lr", "1e30", "--trainer.gradient_clip_val", "0"])
 
 
+def test_mixed_precision_with_gradient_clipping_trains_and_decays_only_weight_matrices(tmp_path):
+    # bf16-mixed with clipping is every GPU config's setting; Lightning refuses to clip for a fused optimizer there
+    train.main(tiny_stage_args(tmp_path, "bf16") + ["--trainer.precision", "bf16-mixed"])
+    module = ClassifierModule(backbone="vit_tiny_convpatch16", num_classes=3, img_size=32, pretrained=False,
+                              backbone_kwargs={"patch_size": 8, "depth": 1})
+    names = {id(p): n for n, p in module.named_parameters()}
+    groups = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in module.weight_decay_groups(0.05)}
+    assert {"model.backbone.pos_embed", "model.backbone.reg_token", "model.backbone.cls_token",
+            "model.backbone.blocks.0.norm1.weight", "model.backbone.head.bias"} <= groups[0.0]
+    assert all(n.endswith(".weight") and "norm" not in n for n in groups[0.05])
+    assert groups[0.0] | groups[0.05] == set(names.values())
+
+
 class _Evil:
     def __reduce__(self):
         return (print, ("pwned",))
