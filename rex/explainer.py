@@ -49,9 +49,7 @@ class ReXConfig:
     box of the map's first `focus_top` pixels, refined down to `focus_min_size` (h-Shap's focused refinement);
     `area_share` False gives each pixel of a superpixel its whole responsibility (rex-xai 0.4.1's maps) instead of
     Algorithm 3's share R(P) / |P|; `tie_sigma` > 0 breaks the extraction's ties by a map blurred by a Gaussian of
-    that many pixels instead of by pixel index (`rex.extraction.tie_broken`), in the returned maps too, so that the
-    maps rank pixels as the extraction did (their ties spread by less than half a gap between values, in float64;
-    `Explanation.maps` are float32, whose rounding keeps the order but may tie values closer than its precision)."""
+    that many pixels instead of by pixel index (`rex.extraction.tie_broken`; the returned maps are unchanged)."""
 
     n_partitions: int | Literal["auto"] = 20
     max_partitions: int = 40
@@ -180,7 +178,7 @@ class ReX:
         else:
             ex = EXTRACTORS[cfg.explanation](engine, images, ranking, target, min_confidence=cfg.min_confidence,
                                              candidates=cfg.candidates, full_confidence=confidence, step=step)
-        return ReXResult(maps=ranking, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
+        return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
                          mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"],
                          partitions=counts["partitions"], extraction_evaluated=ex.evaluated)
 

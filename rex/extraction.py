@@ -56,25 +56,20 @@ def pixel_rank(maps: Tensor, region: Tensor | None = None) -> Tensor:
 
 def tie_broken(maps: Tensor, sigma: float) -> Tensor:
     """Algorithm 3, line 9 with ties broken by a Gaussian-blurred copy of the map (pixels nearer the centre of
-    responsibility mass first, a smoothing as in SmoothGrad) instead of by pixel index: the map (B, H, W) in float64
-    with each tie spread over less than half the smallest gap between its distinct values, so that its `pixel_rank`
-    is that ranking and no pixel passes one of higher responsibility; `maps` themselves where `sigma` is 0. The blur is
-    torchvision's, 3 sigma each side (at most the map's size less one), edges reflected."""
+    responsibility mass first, a smoothing as in SmoothGrad) instead of by pixel index: keys (B, H, W) float64
+    without ties whose `pixel_rank` is that ranking; `maps` themselves where `sigma` is 0. The blur is torchvision's,
+    3 sigma each side (at most the map's size less one), edges reflected."""
     if sigma <= 0:
         return maps
     b, h, w = maps.shape
     size = 2 * min(max(1, int(3 * sigma + 0.5)), min(h, w) - 1) + 1
-    values = maps.flatten(1).double()
     blurred = gaussian_blur(maps.double()[:, None], [size, size], [sigma, sigma])
     by_blur = torch.argsort(blurred.flatten(1), dim=1, descending=True, stable=True)
-    by_map = torch.argsort(values.gather(1, by_blur), dim=1, descending=True, stable=True)
+    by_map = torch.argsort(maps.flatten(1).double().gather(1, by_blur), dim=1, descending=True, stable=True)
     order = by_blur.gather(1, by_map)
     keys = torch.empty(b, h * w, dtype=torch.float64, device=maps.device)
     keys.scatter_(1, order, torch.arange(h * w, 0, -1, dtype=torch.float64, device=maps.device).expand(b, -1))
-    gaps = values.sort(dim=1).values.diff(dim=1)
-    gap = torch.where(gaps > 0, gaps, torch.inf).amin(dim=1, keepdim=True)
-    gap = torch.where(torch.isfinite(gap), gap, 1.0)
-    return (values + gap * keys / (2 * (h * w + 1))).view(b, h, w)
+    return keys.view(b, h, w)
 
 
 def _first_candidates(limit: Tensor, k: int) -> Tensor:

@@ -94,18 +94,10 @@ def test_tie_break_ranks_the_centre_of_a_constant_box_first():
     assert rex.extraction.tie_broken(maps, 0.0) is maps
 
 
-def test_tie_break_changes_the_explanation_and_the_maps_ties_only(one_thread):
+def test_tie_break_changes_the_explanation_not_the_map(one_thread):
     model = RegionModel(need_both=False)
     x = _image()
     plain = rex.ReX(n_partitions=3, seed=1).explain(model, x)
     tied = rex.ReX(n_partitions=3, seed=1, tie_sigma=2.0).explain(model, x)
+    assert torch.equal(plain.maps, tied.maps)
     assert tied.found.all() and tied.explanations.sum() <= plain.explanations.sum()
-    # the returned map ranks pixels as the extraction did, and moves no pixel past one of higher responsibility
-    assert torch.equal(rex.pixel_rank(tied.maps), rex.pixel_rank(rex.extraction.tie_broken(plain.maps, 2.0)))
-    values = plain.maps.flatten().double().unique()
-    assert (tied.maps - plain.maps.double()).abs().max() < values.diff().min() / 2
-    high, low = plain.maps.flatten() == values[-1], plain.maps.flatten() == values[-2]
-    assert tied.maps.flatten()[high].min() > tied.maps.flatten()[low].max()
-    assert not torch.equal(rex.pixel_rank(tied.maps), rex.pixel_rank(plain.maps))
-
-
