@@ -48,8 +48,11 @@ class ReXConfig:
     Frugal options, off by default: `focus_after` k makes the partitions after the first k start from the bounding
     box of the map's first `focus_top` pixels, refined down to `focus_min_size` (h-Shap's focused refinement);
     `area_share` False gives each pixel of a superpixel its whole responsibility (rex-xai 0.4.1's maps) instead of
-    Algorithm 3's share R(P) / |P|; `tie_sigma` > 0 breaks the extraction's ties by a map blurred by a Gaussian of
-    that many pixels instead of by pixel index (`rex.extraction.tie_broken`; the returned maps are unchanged)."""
+    Algorithm 3's share R(P) / |P|; `rank_area_share` (None: `area_share`) is the rule of the map the extraction
+    ranks pixels by, combined from the same partitions (so no extra model evaluations): `area_share` True with
+    `rank_area_share` False returns Algorithm 3's maps and extracts by rex-xai's; `tie_sigma` > 0 breaks the
+    extraction's ties by a map blurred by a Gaussian of that many pixels instead of by pixel index
+    (`rex.extraction.tie_broken`; the returned maps are unchanged)."""
 
     n_partitions: int | Literal["auto"] = 20
     max_partitions: int = 40
@@ -60,6 +63,7 @@ class ReXConfig:
     focus_top: float = 0.05
     focus_min_size: int | None = None
     area_share: bool = True
+    rank_area_share: bool | None = None
     tie_sigma: float = 0.0
     combination: Combination = "average"
     min_size: int = 10
@@ -158,9 +162,9 @@ class ReX:
             engine, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
             cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget, cfg.cache, counts,
             cfg.combination, cfg.max_partitions, cfg.wave, cfg.stable_top, cfg.stable_iou, cfg.focus_after,
-            cfg.focus_top, cfg.focus_min_size, cfg.area_share, probs,
+            cfg.focus_top, cfg.focus_min_size, cfg.area_share, probs, cfg.rank_area_share,
         )
-        ranking = tie_broken(maps, cfg.tie_sigma)
+        ranking = tie_broken(counts.get("ranking", maps), cfg.tie_sigma)
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":
             ex = spotlight_explanations(engine, images, ranking, target, generator, cfg.n_explanations, cfg.overlap,
                                         cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, step,

@@ -124,6 +124,7 @@ class _Searcher:
     memo: dict[tuple[int, bytes], bool] | None
     answered: Tensor
     area_share: bool = True
+    ranked: _Combined | None = None
 
     def run(self, image_of: Tensor, start: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Algorithm 2 on one random partition of image `image_of[s]` per search s, all together level by level,
@@ -151,8 +152,12 @@ class _Searcher:
 
             area = box_area(children).to(dev)
             search = tasks.search.repeat_interleave(N_PARTS)
-            value = resp / area.clamp(min=1) if self.area_share else resp
-            self.combined.add(search, image_of[search], children.flatten(0, 1), value.flatten())
+            shared = resp / area.clamp(min=1)
+            self.combined.add(search, image_of[search], children.flatten(0, 1),
+                              (shared if self.area_share else resp).flatten())
+            if self.ranked is not None:
+                self.ranked.add(search, image_of[search], children.flatten(0, 1),
+                                (resp if self.area_share else shared).flatten())
 
             work.index_add_(0, tasks.search, torch.full_like(tasks.search, mutant_pass.shape[1]))
             go_on = resp.amax(1) - resp.amin(1) > 1e-12
@@ -160,6 +165,8 @@ class _Searcher:
                 go_on &= work[tasks.search] < self.work_budget
             tasks = _next_tasks(tasks, children, area, outcomes, go_on, self.queue_len, self.min_size, h, w)
         self.combined.end_wave(image_of)
+        if self.ranked is not None:
+            self.ranked.end_wave(image_of)
         return work
 
     def focus(self, image: Tensor, maps: Tensor, top: float) -> tuple[Tensor, Tensor]:
@@ -237,6 +244,7 @@ def responsibility_map(
     focus_min_size: int | None = None,
     area_share: bool = True,
     full_probs: Tensor | None = None,
+    rank_area_share: bool | None = None,
 ) -> Tensor:
     """Algorithms 2-3: responsibility maps (B, H, W) combined over `n_partitions` refined random partitions.
 
@@ -256,7 +264,8 @@ def responsibility_map(
     With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions, levels
     and waves, children split to nothing) is answered from the cache, not the model: the maps are identical.
     `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache,
-    and the "partitions" used. `full_probs` (B, classes), the model's probabilities on the full images when the
+    and the "partitions" used; with `rank_area_share` not None, also the "ranking" maps (B, H, W): the same
+    partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs` (B, classes), the model's probabilities on the full images when the
     caller has them, saves asking for them again."""
     if isinstance(n_partitions, str) and n_partitions != "auto":
         raise ValueError(f"n_partitions must be an int or 'auto', not {n_partitions!r}")
@@ -271,11 +280,12 @@ def responsibility_map(
         probs = torch.cat([full_probs.to(dev), engine.probabilities(engine.blank(images))])
     full_confidence = probs[:b].gather(1, target[:, None])[:, 0]
     combined = _Combined(combination, b, h, w, dev)
+    ranked = _Combined(combination, b, h, w, dev) if rank_area_share not in (None, area_share) else None
     searcher = _Searcher(
         engine, images, target, full_confidence, passes(probs[:b], target, full_confidence, confidence_filter),
         passes(probs[b:], target, full_confidence, confidence_filter), generator, combined, min_size, queue_len, rule,
         distribution, dist_args, confidence_filter, work_budget, {} if cache else None,
-        torch.zeros(b, dtype=torch.long), area_share,
+        torch.zeros(b, dtype=torch.long), area_share, ranked,
     )
     used = torch.zeros(b, dtype=torch.long, device=dev)
     mutants = torch.zeros(b, dtype=torch.long, device=dev)
@@ -307,6 +317,8 @@ def responsibility_map(
         answered = searcher.answered
         counts["evaluated"], counts["answered"] = mutants.cpu() - answered, answered
         counts["partitions"] = used.cpu()
+        if rank_area_share is not None:
+            counts["ranking"] = (ranked or combined).maps(used).float()
     return combined.maps(used).float()
 
 

@@ -101,3 +101,16 @@ def test_tie_break_changes_the_explanation_not_the_map(one_thread):
     tied = rex.ReX(n_partitions=3, seed=1, tie_sigma=2.0).explain(model, x)
     assert torch.equal(plain.maps, tied.maps)
     assert tied.found.all() and tied.explanations.sum() <= plain.explanations.sum()
+
+
+def test_rank_area_share_returns_one_rules_maps_and_extracts_by_the_others(one_thread):
+    model, x = RegionModel(need_both=True), _image()
+    shared = rex.ReX(n_partitions=4, seed=5).explain(model, x)
+    whole = rex.ReX(n_partitions=4, seed=5, area_share=False).explain(model, x)
+    mixed = rex.ReX(n_partitions=4, seed=5, rank_area_share=False).explain(model, x)
+    assert not torch.equal(shared.explanations, whole.explanations)  # the two rules rank pixels differently here
+    assert torch.equal(mixed.maps, shared.maps)
+    assert torch.equal(mixed.explanations, whole.explanations)
+    assert torch.equal(mixed.model_evaluated, whole.model_evaluated)  # the second map costs no model evaluation
+    assert torch.equal(rex.ReX(n_partitions=4, seed=5, rank_area_share=True).explain(model, x).explanations,
+                       shared.explanations)
