@@ -9,7 +9,7 @@ cache, N = 3, 5, 10 with a frugal extraction (8 candidate sizes per round, a che
 (N = 6 near-central splits down to 160 px, rex-xai's unshared superpixel responsibility, ties broken by a blurred
 map, frugal extraction), a focused frugal search (coarser, 256 px, the last of 6 partitions refined inside the top
 pixels' box, h-Shap) and the same with 2 of 5 partitions focused, N = 5 of the frugal search returning Algorithm 3's
-maps while extracting by rex-xai's, N = 20 with the
+maps while extracting by rex-xai's (with binomial or wider beta-binomial split points), N = 20 with the
 tie-break and the frugal extraction, and N = 20 and adaptive on the compile and onnx engines; rex-xai 0.4.1 at N =
 5, 10, 20 on ONNX Runtime, the way its users run it (an exported `.onnx` model through its own
 `get_prediction_function`, CPU provider, its default session options), and at N = 20 on the same torch model
@@ -362,6 +362,9 @@ def main() -> None:
         ours["ours, N = 5, eager, frugal search, Algorithm 3 maps"] = {
             "n_partitions": 5, "min_size": 100, "distribution": "binom", "area_share": True, "rank_area_share": False,
             "tie_sigma": 2.0, "candidates": 6, "check": 12}
+        ours["ours, N = 5, eager, diverse frugal search, Algorithm 3 maps"] = {
+            "n_partitions": 5, "min_size": 130, "distribution": "betabinom", "dist_args": (3.0, 3.0),
+            "area_share": True, "rank_area_share": False, "tie_sigma": 3.0, "candidates": 5, "check": 8}
         ours["ours, N = 5, eager, fine frugal search"] = {
             "n_partitions": 5, "min_size": 80, "distribution": "binom", "tie_sigma": 2.0, "candidates": 6, "check": 12}
         ours["ours, N = 20, eager, tie-broken, frugal extraction"] = {
@@ -400,7 +403,9 @@ def main() -> None:
         "N = 5 with `focus_after: 3` (the last 2 partitions focused); Algorithm 3 maps = N = 5, `distribution: binom`, "
         "`min_size: 100`, maps by Algorithm 3's share R(P) / |P| (`area_share: true`) while the extraction ranks by "
         "rex-xai's whole responsibility (`rank_area_share: false`, the same search), `tie_sigma: 2`, 6 prefix sizes "
-        "per round and a check of 12 (chosen for the trained CNN on its scenes 32-127); fine frugal search = N = 5, `distribution: binom`, "
+        "per round and a check of 12 (chosen for the trained CNN on its scenes 32-127); diverse = the same with split "
+        "points from a beta-binomial (3, 3) (wider spread than the binomial: more varied partitions), `min_size: 130`, "
+        "`tie_sigma: 3`, 5 prefix sizes per round and a check of 8 (chosen likewise); fine frugal search = N = 5, `distribution: binom`, "
         "`min_size: 80`, `area_share: true` (Algorithm 3), `tie_sigma: 2`, 6 prefix sizes per round and a check of 12 "
         "(chosen for the trained CNN on its scenes 0-31); tie-broken = `tie_sigma: 2`.",
         "",
