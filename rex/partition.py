@@ -20,15 +20,15 @@ def _split_offsets(
         idx = torch.floor(u * slots).long()
     else:
         grid = np.arange(int(slots.max()))[None, :]
-        n = (slots - 1).numpy()[:, None]
+        n, row = np.unique((slots - 1).numpy(), return_inverse=True)  # one CDF per distinct box side
         if distribution == "binom":
-            cdf = stats.binom.cdf(grid, n, dist_args[0] if dist_args else 0.5)
+            cdf = stats.binom.cdf(grid, n[:, None], dist_args[0] if dist_args else 0.5)
         elif distribution == "betabinom":
             a, b = dist_args if dist_args else (1.1, 1.1)
-            cdf = stats.betabinom.cdf(grid, n, a, b)
+            cdf = stats.betabinom.cdf(grid, n[:, None], a, b)
         else:
             raise ValueError(f"unknown split distribution {distribution!r}")
-        idx = (torch.from_numpy(cdf).to(u.dtype) < u[:, None]).sum(1)
+        idx = (torch.from_numpy(cdf[row.reshape(-1)]).to(u.dtype) < u[:, None]).sum(1)
     idx = torch.minimum(idx, slots - 1)
     return torch.where(sizes >= 2, idx + 1, torch.zeros_like(idx))
 

@@ -155,6 +155,24 @@ def test_split_distributions_produce_partitions():
         assert (rex.box_area(children) > 0).all()
 
 
+def test_split_offsets_are_each_boxs_own_inverse_cdf():
+    from scipy import stats
+
+    from rex.partition import _split_offsets
+
+    sizes = torch.tensor([0, 1, 2, 3, 7, 7, 16, 40, 16, 3])
+    u = torch.rand(len(sizes), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for dist, args in (("binom", (0.3,)), ("betabinom", (3.0, 3.0))):
+        got = _split_offsets(sizes, u, dist, args)
+        for size, draw, offset in zip(sizes.tolist(), u.tolist(), got.tolist()):
+            if size < 2:
+                assert offset == 0
+                continue
+            law = stats.binom(size - 2, *args) if dist == "binom" else stats.betabinom(size - 2, *args)
+            cdf = law.cdf(range(size - 1))
+            assert offset == 1 + min(int((cdf < draw).sum()), size - 2)
+
+
 def test_quadrant_labels_match_the_child_boxes():
     boxes = torch.tensor([[0, 16, 0, 16], [3, 9, 2, 30], [5, 6, 7, 8]])  # the last one is too small to split
     children = rex.split_boxes(boxes, torch.Generator().manual_seed(1))
