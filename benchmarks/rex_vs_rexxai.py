@@ -405,9 +405,9 @@ def main() -> None:
         "rex-xai's whole responsibility (`rank_area_share: false`, the same search), `tie_sigma: 2`, 6 prefix sizes "
         "per round and a check of 12 (chosen for the trained CNN on its scenes 32-127); diverse = the same with split "
         "points from a beta-binomial (3, 3) (wider spread than the binomial: more varied partitions), `min_size: 130`, "
-        "`tie_sigma: 3`, 5 prefix sizes per round and a check of 8 (chosen likewise); fine frugal search = N = 5, `distribution: binom`, "
-        "`min_size: 80`, `area_share: true` (Algorithm 3), `tie_sigma: 2`, 6 prefix sizes per round and a check of 12 "
-        "(chosen for the trained CNN on its scenes 0-31); tie-broken = `tie_sigma: 2`.",
+        "`tie_sigma: 3`, 5 prefix sizes per round and a check of 8 (chosen likewise); fine frugal search = N = 5, "
+        "`distribution: binom`, `min_size: 80`, `area_share: true` (Algorithm 3), `tie_sigma: 2`, 6 prefix sizes "
+        "per round and a check of 12 (chosen for the trained CNN on its scenes 0-31); tie-broken = `tie_sigma: 2`.",
         "",
     ]
     lines += _table(rows, ref)

@@ -265,8 +265,9 @@ def responsibility_map(
     and waves, children split to nothing) is answered from the cache, not the model: the maps are identical.
     `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache,
     and the "partitions" used; with `rank_area_share` not None, also the "ranking" maps (B, H, W): the same
-    partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs` (B, classes), the model's probabilities on the full images when the
-    caller has them, saves asking for them again."""
+    partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs`
+    (B, classes), the model's probabilities on the full images when the caller has them, saves asking for them
+    again."""
     if isinstance(n_partitions, str) and n_partitions != "auto":
         raise ValueError(f"n_partitions must be an int or 'auto', not {n_partitions!r}")
     if focus_after is not None and focus_after < 1:
