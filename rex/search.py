@@ -152,12 +152,10 @@ class _Searcher:
 
             area = box_area(children).to(dev)
             search = tasks.search.repeat_interleave(N_PARTS)
-            shared = resp / area.clamp(min=1)
-            self.combined.add(search, image_of[search], children.flatten(0, 1),
-                              (shared if self.area_share else resp).flatten())
+            img, boxes, shared = image_of[search], children.flatten(0, 1), resp / area.clamp(min=1)
+            self.combined.add(search, img, boxes, (shared if self.area_share else resp).flatten())
             if self.ranked is not None:
-                self.ranked.add(search, image_of[search], children.flatten(0, 1),
-                                (resp if self.area_share else shared).flatten())
+                self.ranked.add(search, img, boxes, (resp if self.area_share else shared).flatten())
 
             work.index_add_(0, tasks.search, torch.full_like(tasks.search, mutant_pass.shape[1]))
             go_on = resp.amax(1) - resp.amin(1) > 1e-12
@@ -264,8 +262,8 @@ def responsibility_map(
     With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions, levels
     and waves, children split to nothing) is answered from the cache, not the model: the maps are identical.
     `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache,
-    and the "partitions" used; with `rank_area_share` not None, also the "ranking" maps (B, H, W): the same
-    partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs`
+    and the "partitions" used; with a `rank_area_share` other than `area_share`, also the "ranking" maps (B, H, W):
+    the same partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs`
     (B, classes), the model's probabilities on the full images when the caller has them, saves asking for them
     again."""
     if isinstance(n_partitions, str) and n_partitions != "auto":
@@ -318,8 +316,8 @@ def responsibility_map(
         answered = searcher.answered
         counts["evaluated"], counts["answered"] = mutants.cpu() - answered, answered
         counts["partitions"] = used.cpu()
-        if rank_area_share is not None:
-            counts["ranking"] = (ranked or combined).maps(used).float()
+        if ranked is not None:
+            counts["ranking"] = ranked.maps(used).float()
     return combined.maps(used).float()
 
 
