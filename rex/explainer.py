@@ -52,7 +52,9 @@ class ReXConfig:
     ranks pixels by, combined from the same partitions (so no extra model evaluations): `area_share` True with
     `rank_area_share` False returns Algorithm 3's maps and extracts by rex-xai's; `tie_sigma` > 0 breaks the
     extraction's ties by a map blurred by a Gaussian of that many pixels instead of by pixel index
-    (`rex.extraction.tie_broken`; the returned maps are unchanged)."""
+    (`rex.extraction.tie_broken`; the returned maps are unchanged); `monotone` asks the model only about the
+    mutants of a split whose outcome does not follow from the others' by Observation 4.6's monotonicity
+    (`rex.search.responsibility_map`)."""
 
     n_partitions: int | Literal["auto"] = 20
     max_partitions: int = 40
@@ -65,6 +67,7 @@ class ReXConfig:
     area_share: bool = True
     rank_area_share: bool | None = None
     tie_sigma: float = 0.0
+    monotone: bool = False
     combination: Combination = "average"
     min_size: int = 10
     queue_len: int = 1
@@ -108,9 +111,10 @@ class ReXConfig:
 @dataclass
 class ReXResult:
     """Maps (B, H, W), explanations (B, 1, H, W) (or (B, k, 1, H, W) with k > 1), whether each was found, the
-    target class and its confidence on the full image, and per image the search's mutants the model evaluated and
-    those answered from the cache (section 5's search only), the partitions combined into the map, and the model
-    evaluations of the extraction (None for an extraction type that does not count them)."""
+    target class and its confidence on the full image, and per image the search's mutants the model evaluated,
+    those answered from the cache and those inferred by the monotone reading (section 5's search only), the
+    partitions combined into the map, and the model evaluations of the extraction (None for an extraction type that
+    does not count them)."""
 
     maps: Tensor
     explanations: Tensor
@@ -119,6 +123,7 @@ class ReXResult:
     confidence: Tensor
     mutants_evaluated: Tensor
     mutants_answered: Tensor
+    mutants_inferred: Tensor
     partitions: Tensor
     extraction_evaluated: Tensor | None
 
@@ -162,7 +167,7 @@ class ReX:
             engine, images, target, generator, cfg.n_partitions, cfg.min_size, cfg.queue_len, cfg.rule,
             cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget, cfg.cache, counts,
             cfg.combination, cfg.max_partitions, cfg.wave, cfg.stable_top, cfg.stable_iou, cfg.focus_after,
-            cfg.focus_top, cfg.focus_min_size, cfg.area_share, probs, cfg.rank_area_share,
+            cfg.focus_top, cfg.focus_min_size, cfg.area_share, probs, cfg.rank_area_share, cfg.monotone,
         )
         ranking = tie_broken(counts.get("ranking", maps), cfg.tie_sigma)
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":
@@ -184,7 +189,8 @@ class ReX:
                                              candidates=cfg.candidates, full_confidence=confidence, step=step)
         return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
                          mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"],
-                         partitions=counts["partitions"], extraction_evaluated=ex.evaluated)
+                         mutants_inferred=counts["inferred"], partitions=counts["partitions"],
+                         extraction_evaluated=ex.evaluated)
 
 
 @explainer("rex", access="black")
@@ -195,7 +201,8 @@ def rex_explain(model: nn.Module, images: Tensor, target: Tensor, min_confidence
     first = res.explanations if res.explanations.dim() == 4 else res.explanations[:, 0]
     found = res.found if res.found.dim() == 1 else res.found[:, 0]
     scores = {"found": found, "mutants_evaluated": res.mutants_evaluated.float(),
-              "mutants_cached": res.mutants_answered.float(), "partitions": res.partitions.float()}
+              "mutants_cached": res.mutants_answered.float(),
+              "mutants_inferred": res.mutants_inferred.float(), "partitions": res.partitions.float()}
     if res.extraction_evaluated is not None:
         scores["extraction_evaluations"] = res.extraction_evaluated.float()
         scores["model_evaluations"] = res.model_evaluated.float()

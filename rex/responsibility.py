@@ -15,6 +15,8 @@ VISIBLE = (_SUBSETS[:, None] >> torch.arange(N_PARTS)) & 1 == 1
 #: The 14 non-trivial mutants: subsets with at least one and at most three visible superpixels.
 MUTANT_SUBSETS = _SUBSETS[(VISIBLE.sum(1) > 0) & (VISIBLE.sum(1) < N_PARTS)]
 FULL = 2**N_PARTS - 1
+#: CONTAINS[u, v]: subset u of the superpixels is contained in subset v.
+CONTAINS = (_SUBSETS[:, None] & _SUBSETS[None, :]) == _SUBSETS[:, None]
 
 
 def subset_outcomes(mutant_pass: Tensor, empty_pass: Tensor, full_pass: Tensor) -> Tensor:
@@ -24,6 +26,16 @@ def subset_outcomes(mutant_pass: Tensor, empty_pass: Tensor, full_pass: Tensor) 
     out[:, 0] = empty_pass
     out[:, FULL] = full_pass
     return out
+
+
+def implied_outcomes(known: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """Observation 4.6's monotone reading of a split: keeping a superset of a passing subset's superpixels passes,
+    keeping a subset of a failing one's fails. From the outcomes `value` (T, 16) where `known` (T, 16): which
+    subsets are decided (known, or implied one way only) and their outcomes (T, 16)."""
+    contains = CONTAINS.to(known.device).float()
+    up = ((known & value).float() @ contains) > 0
+    down = ((known & ~value).float() @ contains.T) > 0
+    return known | (up ^ down), torch.where(known, value, up)
 
 
 def responsibility(outcomes: Tensor, rule: ResponsibilityRule = "paper") -> Tensor:

@@ -18,7 +18,9 @@ from torch import Tensor
 
 from models.queries import QueryEngine
 from rex.partition import SplitDistribution, box_area, box_masks, quadrant_labels, split_boxes
-from rex.responsibility import MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityRule, responsibility, subset_outcomes
+from rex.responsibility import (
+    FULL, MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityRule, implied_outcomes, responsibility, subset_outcomes,
+)
 
 #: Label of held-constant pixels: bit 5 of every mutant code is set, so they are visible in all 14 mutants;
 #: `quadrant_labels` gives 4 outside the box, whose bit is clear, so those pixels are masked.
@@ -125,6 +127,7 @@ class _Searcher:
     answered: Tensor
     area_share: bool = True
     ranked: _Combined | None = None
+    inferred: Tensor | None = None
 
     def run(self, image_of: Tensor, start: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Algorithm 2 on one random partition of image `image_of[s]` per search s, all together level by level,
@@ -146,7 +149,10 @@ class _Searcher:
         while tasks.search.numel() > 0:
             children = split_boxes(tasks.box, self.generator, self.distribution, self.dist_args)
             labels = torch.where(tasks.context, _HELD, quadrant_labels(children, h, w, dev))
-            mutant_pass = self._level_passes(image_of[tasks.search], labels)
+            if self.inferred is None:
+                mutant_pass = self._level_passes(image_of[tasks.search], labels)
+            else:
+                mutant_pass = self._monotone_passes(image_of[tasks.search], labels, tasks.empty_pass, tasks.full_pass)
             outcomes = subset_outcomes(mutant_pass, tasks.empty_pass, tasks.full_pass)
             resp = responsibility(outcomes, self.rule)
 
@@ -196,6 +202,37 @@ class _Searcher:
         return torch.cat(out)
 
 
+    def _monotone_passes(self, img: Tensor, labels: Tensor, empty_pass: Tensor, full_pass: Tensor) -> Tensor:
+        """`_level_passes` read monotonically (`rex.responsibility.implied_outcomes`): rounds that each ask the
+        model about the undecided mutants keeping the most superpixels, until the outcomes of the others follow;
+        `inferred` counts the mutants decided without the model per image."""
+        _, _, h, w = self.images.shape
+        t_count, dev = len(labels), labels.device
+        known = torch.zeros(t_count, 2**N_PARTS, dtype=torch.bool, device=dev)
+        value = torch.zeros_like(known)
+        known[:, [0, FULL]] = True
+        value[:, 0], value[:, FULL] = empty_pass.to(dev), full_pass.to(dev)
+        n_visible = VISIBLE.to(dev).sum(1)
+        per_chunk = max(1, _CHUNK_PIXELS // (h * w), self.engine.max_batch)
+        while True:
+            decided, outcome = implied_outcomes(known, value)
+            if decided.all():
+                break
+            most = torch.where(decided, -1, n_visible).amax(1, keepdim=True)
+            task, subset = (~decided & (n_visible == most)).nonzero(as_tuple=True)
+            codes = (subset | 1 << _HELD).to(torch.uint8)
+            for start in range(0, len(task), per_chunk):
+                t, c = task[start:start + per_chunk], codes[start:start + per_chunk]
+                visible = (c[:, None, None] >> labels[t]) & 1 == 1
+                value[t, subset[start:start + per_chunk]] = _cached_passes(
+                    self.engine, self.images, img[t], visible, self.target, self.full_confidence,
+                    self.confidence_filter, self.memo, self.answered)
+            known[task, subset] = True
+        mutants = MUTANT_SUBSETS.to(dev)
+        self.inferred.index_add_(0, img.cpu(), (~known[:, mutants]).sum(1).cpu())
+        return outcome[:, mutants]
+
+
 def _top_pixels(maps: Tensor, fraction: float) -> Tensor:
     """The ceil(`fraction` x H x W) first pixels (B, H * W) bool of Algorithm 3's ranking of `maps` (B, H, W):
     highest first, ties by pixel index."""
@@ -243,6 +280,7 @@ def responsibility_map(
     area_share: bool = True,
     full_probs: Tensor | None = None,
     rank_area_share: bool | None = None,
+    monotone: bool = False,
 ) -> Tensor:
     """Algorithms 2-3: responsibility maps (B, H, W) combined over `n_partitions` refined random partitions.
 
@@ -261,8 +299,12 @@ def responsibility_map(
     two waves, with "auto" waves stop at k.
     With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions, levels
     and waves, children split to nothing) is answered from the cache, not the model: the maps are identical.
-    `counts`, when given, receives per image the mutants "evaluated" by the model and "answered" from the cache,
-    and the "partitions" used; with a `rank_area_share` other than `area_share`, also the "ranking" maps (B, H, W):
+    `monotone` reads each split by Observation 4.6's monotonicity (`implied_outcomes`: a mutant keeping more
+    superpixels than a passing one passes, fewer than a failing one fails): the model is asked about the mutants
+    keeping the most superpixels first and the outcomes that follow from theirs are not asked for; the maps equal
+    the full evaluation's for a monotone model.
+    `counts`, when given, receives per image the mutants "evaluated" by the model, "answered" from the cache and
+    "inferred" by `monotone`, and the "partitions" used; with a `rank_area_share` other than `area_share`, also the "ranking" maps (B, H, W):
     the same partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs`
     (B, classes), the model's probabilities on the full images when the caller has them, saves asking for them
     again."""
@@ -284,7 +326,7 @@ def responsibility_map(
         engine, images, target, full_confidence, passes(probs[:b], target, full_confidence, confidence_filter),
         passes(probs[b:], target, full_confidence, confidence_filter), generator, combined, min_size, queue_len, rule,
         distribution, dist_args, confidence_filter, work_budget, {} if cache else None,
-        torch.zeros(b, dtype=torch.long), area_share, ranked,
+        torch.zeros(b, dtype=torch.long), area_share, ranked, torch.zeros(b, dtype=torch.long) if monotone else None,
     )
     used = torch.zeros(b, dtype=torch.long, device=dev)
     mutants = torch.zeros(b, dtype=torch.long, device=dev)
@@ -314,7 +356,9 @@ def responsibility_map(
 
     if counts is not None:
         answered = searcher.answered
-        counts["evaluated"], counts["answered"] = mutants.cpu() - answered, answered
+        inferred = searcher.inferred if monotone else torch.zeros_like(answered)
+        counts["evaluated"], counts["answered"] = mutants.cpu() - answered - inferred, answered
+        counts["inferred"] = inferred
         counts["partitions"] = used.cpu()
         if ranked is not None:
             counts["ranking"] = ranked.maps(used).float()

@@ -74,7 +74,7 @@ def test_explain_image_files_writes_pictures_maps_and_summary(ckpt, image_files,
     assert not (out / "comparison.md").exists()
     for rec in summary["records"]:
         assert {"image", "method", "predicted", "target", "confidence", "seconds", "model_calls", "metrics"} <= set(rec)
-        own = {"mutants_evaluated", "mutants_cached", "partitions", "extraction_evaluations",
+        own = {"mutants_evaluated", "mutants_cached", "mutants_inferred", "partitions", "extraction_evaluations",
                "model_evaluations"} if rec["method"] == "rex" else set()  # ReX's own counts
         assert set(rec["metrics"]) == {"size", "insertion", "deletion", "blank_probability"} | own
         assert not own or rec["metrics"]["mutants_evaluated"] > 0 <= rec["metrics"]["mutants_cached"]

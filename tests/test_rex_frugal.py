@@ -114,3 +114,63 @@ def test_rank_area_share_returns_one_rules_maps_and_extracts_by_the_others(one_t
     assert torch.equal(mixed.model_evaluated, whole.model_evaluated)  # the second map costs no model evaluation
     assert torch.equal(rex.ReX(n_partitions=4, seed=5, rank_area_share=True).explain(model, x).explanations,
                        shared.explanations)
+
+
+def test_implied_outcomes_follow_monotonicity_and_leave_conflicts_undecided():
+    from rex.responsibility import FULL, implied_outcomes
+
+    known = torch.zeros(3, 16, dtype=torch.bool)
+    value = torch.zeros_like(known)
+    known[:, [0, FULL]] = True
+    value[:, FULL] = True
+    known[0, 0b0001] = value[0, 0b0001] = True  # superpixel 0 alone passes: every subset holding it passes
+    known[1, 0b1110] = True  # 1, 2 and 3 without 0 fail: every subset of them fails
+    value[2, 0], value[2, FULL] = True, False  # the empty image passes and the full one fails: nothing follows
+    decided, outcome = implied_outcomes(known, value)
+    holds_0 = (torch.arange(16) & 1) == 1
+    assert decided[0, holds_0].all() and outcome[0, holds_0].all() and not decided[0, 0b0110]
+    assert decided[1, ~holds_0].all() and not outcome[1, ~holds_0].any() and not decided[1, 0b0011]
+    assert torch.equal(decided[2], known[2]) and torch.equal(outcome[2, [0, FULL]], torch.tensor([True, False]))
+
+
+class _MonotoneScore(torch.nn.Module):
+    """Class 0 iff the weighted share of visible (non-zero) pixels exceeds one half: keeping more pixels never
+    loses the class, so the model is monotone in the visible set."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, x):
+        s = ((x.mean(1) > 0).float() * self.weights).sum((1, 2)) / self.weights.sum()
+        return torch.stack([s - 0.5, torch.zeros_like(s)], 1)
+
+
+def test_monotone_reading_gives_the_full_evaluations_maps_for_fewer_model_calls(one_thread):
+    g = torch.Generator().manual_seed(0)
+    model = _MonotoneScore(torch.rand(16, 16, generator=g) ** 6)  # a few heavy pixels carry the class
+    x = 0.5 + 0.5 * torch.rand(3, 3, 16, 16, generator=g)
+    target = torch.zeros(3, dtype=torch.long)
+    runs = {}
+    for monotone in (False, True):
+        counts = {}
+        maps = responsibility_map(QueryEngine(model, 64, mask_value=0.0), x, target,
+                                  torch.Generator().manual_seed(3), 6, 4, counts=counts, monotone=monotone)
+        runs[monotone] = maps, counts
+    (full, full_counts), (mono, mono_counts) = runs[False], runs[True]
+    assert full.amax() > 0 and torch.equal(mono, full)
+    assert (full_counts["inferred"] == 0).all() and (mono_counts["inferred"] > 0).all()
+    assert (mono_counts["evaluated"] < full_counts["evaluated"]).all()
+    decided = {k: c["evaluated"] + c["answered"] + c["inferred"] for k, c in runs.items() for c in [c[1]]}
+    assert torch.equal(decided[True], decided[False])
+
+
+def test_monotone_reading_asks_only_the_largest_undecided_mutants(one_thread):
+    model, x = RegionModel(need_both=True), _image()  # regions A and B in quadrants 0 and 3 both needed
+    maps, counts = _map(model, x, 1, monotone=True, min_size=1000)  # one split, not refined further
+    assert (maps[0, REGION_A[0], REGION_A[1]] > 0).all() and (maps[0, REGION_B[0], REGION_B[1]] > 0).all()
+    assert (maps > 0).float().mean() < 1  # this seed's split puts A and B in two of the four quadrants
+    # the 4 mutants with 3 quadrants: those without 0 or 3 fail, the others pass; of the pairs only {0, 3} is
+    # undecided; every single quadrant lies inside a failing mutant
+    assert counts["evaluated"].item() == 5 and counts["inferred"].item() == 9
+    assert torch.equal(maps, _map(model, x, 1, min_size=1000)[0])
