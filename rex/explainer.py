@@ -54,7 +54,8 @@ class ReXConfig:
     extraction's ties by a map blurred by a Gaussian of that many pixels instead of by pixel index
     (`rex.extraction.tie_broken`; the returned maps are unchanged); `monotone` asks the model only about the
     mutants of a split whose outcome does not follow from the others' by Observation 4.6's monotonicity
-    (`rex.search.responsibility_map`)."""
+    (`rex.search.responsibility_map`); `beat_blank` refines images whose blank image already gets the class by the
+    confidence above the blank image's (their map is zero otherwise)."""
 
     n_partitions: int | Literal["auto"] = 20
     max_partitions: int = 40
@@ -68,6 +69,7 @@ class ReXConfig:
     rank_area_share: bool | None = None
     tie_sigma: float = 0.0
     monotone: bool = False
+    beat_blank: bool = False
     combination: Combination = "average"
     min_size: int = 10
     queue_len: int = 1
@@ -168,6 +170,7 @@ class ReX:
             cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget, cfg.cache, counts,
             cfg.combination, cfg.max_partitions, cfg.wave, cfg.stable_top, cfg.stable_iou, cfg.focus_after,
             cfg.focus_top, cfg.focus_min_size, cfg.area_share, probs, cfg.rank_area_share, cfg.monotone,
+            cfg.beat_blank,
         )
         ranking = tie_broken(counts.get("ranking", maps), cfg.tie_sigma)
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":

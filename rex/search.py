@@ -111,7 +111,7 @@ class _Searcher:
     engine: QueryEngine
     images: Tensor
     target: Tensor
-    full_confidence: Tensor
+    floor: Tensor
     full_ok: Tensor
     empty_ok: Tensor
     generator: torch.Generator
@@ -121,7 +121,6 @@ class _Searcher:
     rule: ResponsibilityRule
     distribution: SplitDistribution
     dist_args: tuple[float, ...]
-    confidence_filter: float
     work_budget: int | None
     memo: dict[tuple[int, bytes], bool] | None
     answered: Tensor
@@ -180,8 +179,8 @@ class _Searcher:
         _, _, h, w = self.images.shape
         boxes = bounding_boxes(_top_pixels(maps, top).view(-1, h, w)).cpu()
         visible = box_masks(boxes, h, w, self.images.device)
-        ok = _cached_passes(self.engine, self.images, image, visible, self.target, self.full_confidence,
-                            self.confidence_filter, self.memo, self.answered)
+        ok = _cached_passes(self.engine, self.images, image, visible, self.target, self.floor, self.memo,
+                            self.answered)
         whole = torch.tensor([0, h, 0, w]).expand_as(boxes)
         return torch.where(ok.cpu()[:, None], boxes, whole), ok | self.full_ok[image]
 
@@ -197,7 +196,7 @@ class _Searcher:
             sl = slice(start, start + per_chunk)
             visible = ((codes >> labels[sl, None]) & 1 == 1).flatten(0, 1)
             ok = _cached_passes(self.engine, self.images, img[sl].repeat_interleave(n_mut), visible, self.target,
-                                self.full_confidence, self.confidence_filter, self.memo, self.answered)
+                                self.floor, self.memo, self.answered)
             out.append(ok.view(-1, n_mut))
         return torch.cat(out)
 
@@ -225,8 +224,7 @@ class _Searcher:
                 t, c = task[start:start + per_chunk], codes[start:start + per_chunk]
                 visible = (c[:, None, None] >> labels[t]) & 1 == 1
                 value[t, subset[start:start + per_chunk]] = _cached_passes(
-                    self.engine, self.images, img[t], visible, self.target, self.full_confidence,
-                    self.confidence_filter, self.memo, self.answered)
+                    self.engine, self.images, img[t], visible, self.target, self.floor, self.memo, self.answered)
             known[task, subset] = True
         mutants = MUTANT_SUBSETS.to(dev)
         self.inferred.index_add_(0, img.cpu(), (~known[:, mutants]).sum(1).cpu())
@@ -281,6 +279,7 @@ def responsibility_map(
     full_probs: Tensor | None = None,
     rank_area_share: bool | None = None,
     monotone: bool = False,
+    beat_blank: bool = False,
 ) -> Tensor:
     """Algorithms 2-3: responsibility maps (B, H, W) combined over `n_partitions` refined random partitions.
 
@@ -303,6 +302,10 @@ def responsibility_map(
     superpixels than a passing one passes, fewer than a failing one fails): the model is asked about the mutants
     keeping the most superpixels first and the outcomes that follow from theirs are not asked for; the maps equal
     the full evaluation's for a monotone model.
+    `beat_blank` makes the search meaningful on an image whose blank image (every pixel masked) already gets the
+    target class, where every mutant passes and the map is zero: there a mutant passes only if its target confidence
+    also exceeds the blank image's (its map then shows what raises the confidence above that baseline); other
+    images keep section 5.1's test (`confidence_filter` of the full image's confidence).
     `counts`, when given, receives per image the mutants "evaluated" by the model, "answered" from the cache and
     "inferred" by `monotone`, and the "partitions" used; with a `rank_area_share` other than `area_share`, also the "ranking" maps (B, H, W):
     the same partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs`
@@ -319,13 +322,16 @@ def responsibility_map(
         probs = engine.probabilities(torch.cat([images, engine.blank(images)]))
     else:
         probs = torch.cat([full_probs.to(dev), engine.probabilities(engine.blank(images))])
-    full_confidence = probs[:b].gather(1, target[:, None])[:, 0]
+    confidence = probs.gather(1, torch.cat([target, target])[:, None])[:, 0]
+    floor = confidence_filter * confidence[:b]
+    if beat_blank:
+        blank_ok = passes(probs[b:], target, floor, 1.0)
+        floor = torch.where(blank_ok, torch.maximum(floor, torch.nextafter(confidence[b:], torch.full_like(confidence[b:], 2.0))), floor)
     combined = _Combined(combination, b, h, w, dev)
     ranked = _Combined(combination, b, h, w, dev) if rank_area_share not in (None, area_share) else None
     searcher = _Searcher(
-        engine, images, target, full_confidence, passes(probs[:b], target, full_confidence, confidence_filter),
-        passes(probs[b:], target, full_confidence, confidence_filter), generator, combined, min_size, queue_len, rule,
-        distribution, dist_args, confidence_filter, work_budget, {} if cache else None,
+        engine, images, target, floor, passes(probs[:b], target, floor, 1.0), passes(probs[b:], target, floor, 1.0),
+        generator, combined, min_size, queue_len, rule, distribution, dist_args, work_budget, {} if cache else None,
         torch.zeros(b, dtype=torch.long), area_share, ranked, torch.zeros(b, dtype=torch.long) if monotone else None,
     )
     used = torch.zeros(b, dtype=torch.long, device=dev)
@@ -366,14 +372,15 @@ def responsibility_map(
 
 
 def _cached_passes(
-    engine: QueryEngine, images: Tensor, img: Tensor, visible: Tensor, target: Tensor, full_confidence: Tensor,
-    confidence_filter: float, memo: dict[tuple[int, bytes], bool] | None, answered: Tensor,
+    engine: QueryEngine, images: Tensor, img: Tensor, visible: Tensor, target: Tensor, floor: Tensor,
+    memo: dict[tuple[int, bytes], bool] | None, answered: Tensor,
 ) -> Tensor:
     """Section 5.1's pass test of mutants (image `img`, mask `visible`), the model asked only for masks not seen
-    before for that image (`memo`: (image, packed mask) -> passed); `answered` counts the others per image."""
+    before for that image (`memo`: (image, packed mask) -> passed); `floor` (B,) is each image's least passing
+    target confidence; `answered` counts the others per image."""
     if memo is None:
         p = engine.masked_probabilities(images, img, visible)
-        return passes(p, target[img], full_confidence[img], confidence_filter)
+        return passes(p, target[img], floor[img], 1.0)
     packed = np.packbits(visible.flatten(1).cpu().numpy(), axis=1)
     keys = [(int(i), row.tobytes()) for i, row in zip(img.tolist(), packed)]
     new: dict[tuple[int, bytes], int] = {}
@@ -383,7 +390,7 @@ def _cached_passes(
     rows = torch.tensor(list(new.values()), dtype=torch.long, device=visible.device)
     if len(rows):
         p = engine.masked_probabilities(images, img[rows], visible[rows])
-        memo.update(zip(new, passes(p, target[img[rows]], full_confidence[img[rows]], confidence_filter).tolist()))
+        memo.update(zip(new, passes(p, target[img[rows]], floor[img[rows]], 1.0).tolist()))
     answered.index_add_(0, img.cpu(), torch.ones(len(img), dtype=torch.long))
     answered.index_add_(0, img[rows].cpu(), -torch.ones(len(rows), dtype=torch.long))
     return torch.tensor([memo[key] for key in keys], device=visible.device)

@@ -174,3 +174,22 @@ def test_monotone_reading_asks_only_the_largest_undecided_mutants(one_thread):
     # undecided; every single quadrant lies inside a failing mutant
     assert counts["evaluated"].item() == 5 and counts["inferred"].item() == 9
     assert torch.equal(maps, _map(model, x, 1, min_size=1000)[0])
+
+
+class _BlankKeepsClass(torch.nn.Module):
+    """Class 1 everywhere, more confidently when region A is visible (bright): the blank image gets the class."""
+
+    def forward(self, x):
+        a = (x[:, :, REGION_A[0], REGION_A[1]].amin((1, 2, 3)) > 0.5).float()
+        return torch.stack([torch.zeros_like(a), 1 + 3 * a], 1)
+
+
+def test_beat_blank_refines_images_whose_blank_image_keeps_the_class(one_thread):
+    x = _image()
+    plain, _ = _map(_BlankKeepsClass(), x, 3)
+    assert not plain.any()  # every mutant keeps the class: no superpixel is a cause
+    maps, counts = _map(_BlankKeepsClass(), x, 3, beat_blank=True)
+    on_a, on_b = maps[0, REGION_A[0], REGION_A[1]], maps[0, REGION_B[0], REGION_B[1]]
+    assert on_a.amax() == maps.amax() and on_a.amin() > on_b.amax() and counts["evaluated"].item() > 3 * 14
+    model = RegionModel(need_both=True)  # its blank image loses the class: the option changes nothing
+    assert torch.equal(_map(model, x, 3, beat_blank=True)[0], _map(model, x, 3)[0])
