@@ -38,6 +38,13 @@ def implied_outcomes(known: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
     return known | (up ^ down), torch.where(known, value, up)
 
 
+def non_monotone(outcomes: Tensor) -> Tensor:
+    """Whether each split's outcomes (T, 16) break Observation 4.6's monotone reading (`implied_outcomes`): some
+    subset passes while a subset holding it fails."""
+    broken = outcomes[:, :, None] & ~outcomes[:, None, :] & CONTAINS.to(outcomes.device)[None]
+    return broken.flatten(1).any(1)
+
+
 def responsibility(outcomes: Tensor, rule: ResponsibilityRule = "paper") -> Tensor:
     """Algorithm 1 / Definition 4.4: responsibility (T, 4) of each superpixel from subset outcomes (T, 16).
 

@@ -19,7 +19,8 @@ from torch import Tensor
 from models.queries import QueryEngine
 from rex.partition import SplitDistribution, box_area, box_masks, quadrant_labels, split_boxes
 from rex.responsibility import (
-    FULL, MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityRule, implied_outcomes, responsibility, subset_outcomes,
+    FULL, MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityRule, implied_outcomes, non_monotone, responsibility,
+    subset_outcomes,
 )
 
 #: Label of held-constant pixels: bit 5 of every mutant code is set, so they are visible in all 14 mutants;
@@ -127,6 +128,7 @@ class _Searcher:
     area_share: bool = True
     ranked: _Combined | None = None
     inferred: Tensor | None = None
+    broken: Tensor | None = None
 
     def run(self, image_of: Tensor, start: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Algorithm 2 on one random partition of image `image_of[s]` per search s, all together level by level,
@@ -163,6 +165,10 @@ class _Searcher:
                 self.ranked.add(search, img, boxes, (resp if self.area_share else shared).flatten())
 
             work.index_add_(0, tasks.search, torch.full_like(tasks.search, mutant_pass.shape[1]))
+            if self.broken is not None:
+                img_of_task = image_of[tasks.search].cpu()
+                self.broken.index_add_(0, img_of_task, torch.stack([non_monotone(outcomes).long().cpu(),
+                                                                    torch.ones_like(img_of_task)], 1))
             go_on = resp.amax(1) - resp.amin(1) > 1e-12
             if self.work_budget is not None:
                 go_on &= work[tasks.search] < self.work_budget
@@ -307,7 +313,9 @@ def responsibility_map(
     also exceeds the blank image's (its map then shows what raises the confidence above that baseline); other
     images keep section 5.1's test (`confidence_filter` of the full image's confidence).
     `counts`, when given, receives per image the mutants "evaluated" by the model, "answered" from the cache and
-    "inferred" by `monotone`, and the "partitions" used; with a `rank_area_share` other than `area_share`, also the "ranking" maps (B, H, W):
+    "inferred" by `monotone`, and the "partitions" used; without `monotone`, also the "splits" refined and how many
+    of them were "non_monotone" (`rex.responsibility.non_monotone`: how far the model is from what `monotone`
+    assumes); with a `rank_area_share` other than `area_share`, also the "ranking" maps (B, H, W):
     the same partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs`
     (B, classes), the model's probabilities on the full images when the caller has them, saves asking for them
     again."""
@@ -333,6 +341,7 @@ def responsibility_map(
         engine, images, target, floor, passes(probs[:b], target, floor, 1.0), passes(probs[b:], target, floor, 1.0),
         generator, combined, min_size, queue_len, rule, distribution, dist_args, work_budget, {} if cache else None,
         torch.zeros(b, dtype=torch.long), area_share, ranked, torch.zeros(b, dtype=torch.long) if monotone else None,
+        None if monotone or counts is None else torch.zeros(b, 2, dtype=torch.long),
     )
     used = torch.zeros(b, dtype=torch.long, device=dev)
     mutants = torch.zeros(b, dtype=torch.long, device=dev)
@@ -365,6 +374,8 @@ def responsibility_map(
         inferred = searcher.inferred if monotone else torch.zeros_like(answered)
         counts["evaluated"], counts["answered"] = mutants.cpu() - answered - inferred, answered
         counts["inferred"] = inferred
+        if searcher.broken is not None:
+            counts["non_monotone"], counts["splits"] = searcher.broken.unbind(1)
         counts["partitions"] = used.cpu()
         if ranked is not None:
             counts["ranking"] = ranked.maps(used).float()

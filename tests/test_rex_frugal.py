@@ -163,6 +163,26 @@ def test_monotone_reading_gives_the_full_evaluations_maps_for_fewer_model_calls(
     assert (mono_counts["evaluated"] < full_counts["evaluated"]).all()
     decided = {k: c["evaluated"] + c["answered"] + c["inferred"] for k, c in runs.items() for c in [c[1]]}
     assert torch.equal(decided[True], decided[False])
+    assert (full_counts["splits"] > 0).all() and not full_counts["non_monotone"].any()
+    assert "non_monotone" not in mono_counts  # the monotone reading cannot see what it did not ask
+
+
+def test_non_monotone_splits_are_counted(one_thread):
+    from rex.responsibility import FULL, non_monotone
+
+    outcomes = torch.zeros(2, 16, dtype=torch.bool)
+    outcomes[:, [0b0001, 0b0011, 0b0101, 0b1001, 0b0111, 0b1011, 0b1101, FULL]] = True  # superpixel 0 decides
+    outcomes[1, 0b0111] = False  # ... but not when 1 and 2 are kept with it
+    assert non_monotone(outcomes).tolist() == [False, True]
+    weights = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))  # signed: more pixels can lose it
+
+    class Signed(torch.nn.Module):
+        def forward(self, x):
+            s = (x.mean(1) * weights).sum((1, 2))
+            return torch.stack([s, -s], 1)
+
+    _, counts = _map(Signed(), torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), 4, min_size=4)
+    assert (counts["non_monotone"] > 0).any() and (counts["non_monotone"] <= counts["splits"]).all()
 
 
 def test_monotone_reading_asks_only_the_largest_undecided_mutants(one_thread):
