@@ -206,7 +206,6 @@ class _Searcher:
             out.append(ok.view(-1, n_mut))
         return torch.cat(out)
 
-
     def _monotone_passes(self, img: Tensor, labels: Tensor, empty_pass: Tensor, full_pass: Tensor) -> Tensor:
         """`_level_passes` read monotonically (`rex.responsibility.implied_outcomes`): rounds that each ask the
         model about the undecided mutants keeping the most superpixels, until the outcomes of the others follow;
@@ -334,7 +333,8 @@ def responsibility_map(
     floor = confidence_filter * confidence[:b]
     if beat_blank:
         blank_ok = passes(probs[b:], target, floor, 1.0)
-        floor = torch.where(blank_ok, torch.maximum(floor, torch.nextafter(confidence[b:], torch.full_like(confidence[b:], 2.0))), floor)
+        above_blank = torch.nextafter(confidence[b:], torch.full_like(confidence[b:], 2.0))
+        floor = torch.where(blank_ok, torch.maximum(floor, above_blank), floor)
     combined = _Combined(combination, b, h, w, dev)
     ranked = _Combined(combination, b, h, w, dev) if rank_area_share not in (None, area_share) else None
     searcher = _Searcher(
