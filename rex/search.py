@@ -125,10 +125,11 @@ class _Searcher:
     work_budget: int | None
     memo: dict[tuple[int, bytes], bool] | None
     answered: Tensor
+    inferred: Tensor
+    broken: Tensor
     area_share: bool = True
     ranked: _Combined | None = None
-    inferred: Tensor | None = None
-    broken: Tensor | None = None
+    monotone: bool = False
 
     def run(self, image_of: Tensor, start: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Algorithm 2 on one random partition of image `image_of[s]` per search s, all together level by level,
@@ -150,10 +151,10 @@ class _Searcher:
         while tasks.search.numel() > 0:
             children = split_boxes(tasks.box, self.generator, self.distribution, self.dist_args)
             labels = torch.where(tasks.context, _HELD, quadrant_labels(children, h, w, dev))
-            if self.inferred is None:
-                mutant_pass = self._level_passes(image_of[tasks.search], labels)
-            else:
+            if self.monotone:
                 mutant_pass = self._monotone_passes(image_of[tasks.search], labels, tasks.empty_pass, tasks.full_pass)
+            else:
+                mutant_pass = self._level_passes(image_of[tasks.search], labels)
             outcomes = subset_outcomes(mutant_pass, tasks.empty_pass, tasks.full_pass)
             resp = responsibility(outcomes, self.rule)
 
@@ -165,7 +166,7 @@ class _Searcher:
                 self.ranked.add(search, img, boxes, (resp if self.area_share else shared).flatten())
 
             work.index_add_(0, tasks.search, torch.full_like(tasks.search, mutant_pass.shape[1]))
-            if self.broken is not None:
+            if not self.monotone:
                 img_of_task = image_of[tasks.search].cpu()
                 self.broken.index_add_(0, img_of_task, torch.stack([non_monotone(outcomes).long().cpu(),
                                                                     torch.ones_like(img_of_task)], 1))
@@ -192,48 +193,47 @@ class _Searcher:
 
     def _level_passes(self, img: Tensor, labels: Tensor) -> Tensor:
         """Section 5.1's pass outcomes (T, 14) of the 14 mutants of each split box of image `img` (T,), from the
-        child labels (T, H, W) of its pixels; masks built and sent to the model a chunk at a time."""
-        _, _, h, w = self.images.shape
-        n_mut = len(MUTANT_SUBSETS)
-        codes = (MUTANT_SUBSETS | 1 << _HELD).to(labels.device, torch.uint8)[None, :, None, None]
-        per_chunk = max(1, _CHUNK_PIXELS // (n_mut * h * w), -(-self.engine.max_batch // n_mut))
-        out = []
-        for start in range(0, len(labels), per_chunk):
-            sl = slice(start, start + per_chunk)
-            visible = ((codes >> labels[sl, None]) & 1 == 1).flatten(0, 1)
-            ok = _cached_passes(self.engine, self.images, img[sl].repeat_interleave(n_mut), visible, self.target,
-                                self.floor, self.memo, self.answered)
-            out.append(ok.view(-1, n_mut))
-        return torch.cat(out)
+        child labels (T, H, W) of its pixels."""
+        t_count, n_mut = len(labels), len(MUTANT_SUBSETS)
+        task = torch.arange(t_count, device=labels.device).repeat_interleave(n_mut)
+        subset = MUTANT_SUBSETS.to(labels.device).repeat(t_count)
+        return self._subset_passes(img, labels, task, subset).view(t_count, n_mut)
 
     def _monotone_passes(self, img: Tensor, labels: Tensor, empty_pass: Tensor, full_pass: Tensor) -> Tensor:
         """`_level_passes` read monotonically (`rex.responsibility.implied_outcomes`): rounds that each ask the
         model about the undecided mutants keeping the most superpixels, until the outcomes of the others follow;
         `inferred` counts the mutants decided without the model per image."""
-        _, _, h, w = self.images.shape
         t_count, dev = len(labels), labels.device
         known = torch.zeros(t_count, 2**N_PARTS, dtype=torch.bool, device=dev)
         value = torch.zeros_like(known)
         known[:, [0, FULL]] = True
         value[:, 0], value[:, FULL] = empty_pass.to(dev), full_pass.to(dev)
         n_visible = VISIBLE.to(dev).sum(1)
-        per_chunk = max(1, _CHUNK_PIXELS // (h * w), self.engine.max_batch)
         while True:
             decided, outcome = implied_outcomes(known, value)
             if decided.all():
                 break
             most = torch.where(decided, -1, n_visible).amax(1, keepdim=True)
             task, subset = (~decided & (n_visible == most)).nonzero(as_tuple=True)
-            codes = (subset | 1 << _HELD).to(torch.uint8)
-            for start in range(0, len(task), per_chunk):
-                t, c = task[start:start + per_chunk], codes[start:start + per_chunk]
-                visible = (c[:, None, None] >> labels[t]) & 1 == 1
-                value[t, subset[start:start + per_chunk]] = _cached_passes(
-                    self.engine, self.images, img[t], visible, self.target, self.floor, self.memo, self.answered)
+            value[task, subset] = self._subset_passes(img, labels, task, subset)
             known[task, subset] = True
         mutants = MUTANT_SUBSETS.to(dev)
         self.inferred.index_add_(0, img.cpu(), (~known[:, mutants]).sum(1).cpu())
         return outcome[:, mutants]
+
+    def _subset_passes(self, img: Tensor, labels: Tensor, task: Tensor, subset: Tensor) -> Tensor:
+        """Pass outcomes (K,) of the mutants keeping superpixel subsets `subset` (K,) of split boxes `task` (K,)
+        (image `img[task]`, child labels `labels[task]`); masks built and sent to the model a chunk at a time."""
+        _, _, h, w = self.images.shape
+        codes = (subset | 1 << _HELD).to(torch.uint8)
+        per_chunk = max(1, _CHUNK_PIXELS // (h * w), self.engine.max_batch)
+        out = []
+        for start in range(0, len(task), per_chunk):
+            t, c = task[start:start + per_chunk], codes[start:start + per_chunk]
+            visible = (c[:, None, None] >> labels[t]) & 1 == 1
+            out.append(_cached_passes(self.engine, self.images, img[t], visible, self.target, self.floor, self.memo,
+                                      self.answered))
+        return torch.cat(out)
 
 
 def _top_pixels(maps: Tensor, fraction: float) -> Tensor:
@@ -340,8 +340,8 @@ def responsibility_map(
     searcher = _Searcher(
         engine, images, target, floor, passes(probs[:b], target, floor, 1.0), passes(probs[b:], target, floor, 1.0),
         generator, combined, min_size, queue_len, rule, distribution, dist_args, work_budget, {} if cache else None,
-        torch.zeros(b, dtype=torch.long), area_share, ranked, torch.zeros(b, dtype=torch.long) if monotone else None,
-        None if monotone or counts is None else torch.zeros(b, 2, dtype=torch.long),
+        torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long), torch.zeros(b, 2, dtype=torch.long),
+        area_share, ranked, monotone,
     )
     used = torch.zeros(b, dtype=torch.long, device=dev)
     mutants = torch.zeros(b, dtype=torch.long, device=dev)
@@ -370,11 +370,10 @@ def responsibility_map(
         active = active[~settled & (used[active] < max_partitions)]
 
     if counts is not None:
-        answered = searcher.answered
-        inferred = searcher.inferred if monotone else torch.zeros_like(answered)
-        counts["evaluated"], counts["answered"] = mutants.cpu() - answered - inferred, answered
-        counts["inferred"] = inferred
-        if searcher.broken is not None:
+        answered, inferred = searcher.answered, searcher.inferred
+        counts["evaluated"] = mutants.cpu() - answered - inferred
+        counts["answered"], counts["inferred"] = answered, inferred
+        if not monotone:
             counts["non_monotone"], counts["splits"] = searcher.broken.unbind(1)
         counts["partitions"] = used.cpu()
         if ranked is not None:
