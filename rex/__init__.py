@@ -2,7 +2,9 @@
 from rex.callback import ReXCallback
 from rex.contrastive import Complete, Contrastive, complete_extract, contrastive_extract
 from rex.explainer import ReX, ReXConfig, ReXResult, rex_explain
-from rex.extraction import Extraction, extract, extract_by, multiple_explanations, pixel_rank, scan
+from rex.extraction import (
+    Extraction, explanation_first, extract, extract_by, multiple_explanations, pixel_rank, prune, scan,
+)
 from rex.metrics import explanation_size, insertion_deletion, rex_metrics
 from rex.partition import box_area, box_masks, quadrant_labels, split_boxes
 from rex.responsibility import responsibility, subset_outcomes
@@ -13,7 +15,7 @@ from rex.spotlight import dice_coefficients, dice_separation, spotlight_explanat
 __all__ = [
     "Complete", "Contrastive", "Extraction", "ReX", "ReXCallback", "ReXConfig", "ReXResult", "box_area",
     "box_masks", "circle_masks", "complete_extract", "contrastive_extract", "dice_coefficients", "dice_separation",
-    "explanation_size", "extract", "extract_by", "insertion_deletion", "multiple_explanations", "passes", "pixel_rank",
-    "quadrant_labels", "responsibility", "responsibility_map", "rex_explain", "rex_metrics", "scan", "spatial_extract",
+    "explanation_first", "explanation_size", "extract", "extract_by", "insertion_deletion", "multiple_explanations",
+    "passes", "pixel_rank", "prune", "quadrant_labels", "responsibility", "responsibility_map", "rex_explain", "rex_metrics", "scan", "spatial_extract",
     "split_boxes", "spotlight_explanations", "subset_outcomes", "sufficient_circles",
 ]

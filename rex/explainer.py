@@ -11,7 +11,9 @@ from explainers.protocol import Explanation, explainer
 from models.masking import MaskValue
 from models.queries import QueryBackend, QueryEngine
 from rex.contrastive import complete_extract, contrastive_extract
-from rex.extraction import Extraction, ExtractionMethod, extract, extract_by, multiple_explanations, tie_broken
+from rex.extraction import (
+    Extraction, ExtractionMethod, explanation_first, extract, extract_by, multiple_explanations, prune, tie_broken,
+)
 from rex.partition import SplitDistribution
 from rex.responsibility import ResponsibilityRule
 from rex.search import Combination, responsibility_map
@@ -55,7 +57,11 @@ class ReXConfig:
     (`rex.extraction.tie_broken`; the returned maps are unchanged); `monotone` asks the model only about the
     mutants of a split whose outcome does not follow from the others' by Observation 4.6's monotonicity
     (`rex.search.responsibility_map`); `beat_blank` refines images whose blank image already gets the class by the
-    confidence above the blank image's (their map is zero otherwise)."""
+    confidence above the blank image's (their map is zero otherwise). `prune_cell` k (None: off) makes a global or
+    spatial explanation minimal by one greedy pass that drops each k x k pixel cell the class does not need, least
+    responsible first (`rex.extraction.prune`, one model evaluation per cell tried); `explanation_first` returns
+    maps whose ranking starts with the explanation (`rex.extraction.explanation_first`), so that a pruned
+    explanation is again a prefix of its map's ranking."""
 
     n_partitions: int | Literal["auto"] = 20
     max_partitions: int = 40
@@ -70,6 +76,8 @@ class ReXConfig:
     tie_sigma: float = 0.0
     monotone: bool = False
     beat_blank: bool = False
+    prune_cell: int | None = None
+    explanation_first: bool = False
     combination: Combination = "average"
     min_size: int = 10
     queue_len: int = 1
@@ -106,6 +114,13 @@ class ReXConfig:
             raise ValueError(f"n_partitions must be an int or 'auto', not {self.n_partitions!r}")
         if self.combination not in get_args(Combination):
             raise ValueError(f"unknown ReX combination {self.combination!r}; known: {list(get_args(Combination))}")
+        if self.prune_cell is not None and (self.prune_cell < 1 or self.n_explanations > 1
+                                            or self.explanation not in ("global", "spatial")):
+            raise ValueError(f"prune_cell must be None or at least 1 and needs one global or spatial explanation, got "
+                             f"prune_cell={self.prune_cell!r}, explanation={self.explanation!r}, "
+                             f"n_explanations={self.n_explanations}")
+        if self.explanation_first and self.n_explanations > 1:
+            raise ValueError("explanation_first needs one explanation per image (n_explanations 1)")
         if self.extraction not in get_args(ExtractionMethod):
             raise ValueError(f"unknown ReX extraction {self.extraction!r}; known: {list(get_args(ExtractionMethod))}")
 
@@ -172,7 +187,8 @@ class ReX:
             cfg.focus_top, cfg.focus_min_size, cfg.area_share, probs, cfg.rank_area_share, cfg.monotone,
             cfg.beat_blank,
         )
-        ranking = tie_broken(counts.get("ranking", maps), cfg.tie_sigma)
+        responsibility = counts.get("ranking", maps)
+        ranking = tie_broken(responsibility, cfg.tie_sigma)
         if cfg.n_explanations > 1 and cfg.overlap_rule == "dice":
             ex = spotlight_explanations(engine, images, ranking, target, generator, cfg.n_explanations, cfg.overlap,
                                         cfg.min_confidence, cfg.candidates, confidence, cfg.extraction, step,
@@ -190,6 +206,10 @@ class ReX:
         else:
             ex = EXTRACTORS[cfg.explanation](engine, images, ranking, target, min_confidence=cfg.min_confidence,
                                              candidates=cfg.candidates, full_confidence=confidence, step=step)
+        if cfg.prune_cell is not None:
+            ex = prune(engine, images, ex, responsibility, target, cfg.prune_cell, cfg.min_confidence, confidence)
+        if cfg.explanation_first:
+            maps = explanation_first(maps, ex.mask & ex.found[:, None, None, None])
         return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,
                          mutants_evaluated=counts["evaluated"], mutants_answered=counts["answered"],
                          mutants_inferred=counts["inferred"], partitions=counts["partitions"],

@@ -234,6 +234,59 @@ def extract_by(
     return extract(engine, images, maps, target, region, min_confidence, candidates, full_confidence, step, check)
 
 
+def prune(
+    engine: QueryEngine,
+    images: Tensor,
+    extraction: Extraction,
+    maps: Tensor,
+    target: Tensor,
+    cell: int,
+    min_confidence: float = 0.0,
+    full_confidence: Tensor | None = None,
+) -> Extraction:
+    """Section 3's minimality for a found explanation: one greedy pass over its `cell` x `cell` pixel cells, least
+    responsible first (mean of `maps` (B, H, W) over the cell's kept pixels), dropping each cell without which the
+    masked image still keeps the target class (with at least `min_confidence` x the full image's confidence). A
+    prefix of the ranking is sufficient but need not be minimal; after the pass no cell was dropped that the class
+    needed when it was tried. One model evaluation per cell tried (the n-th cells of all images in one batch); the
+    last cell of an explanation is never tried; `evaluated` adds them to the extraction's."""
+    b, _, h, w = images.shape
+    dev = images.device
+    target = target.to(dev)
+    full_confidence, spent = full_image_confidence(engine, images, target, full_confidence)
+    kept = extraction.mask[:, 0].clone()
+    gw = -(-w // cell)
+    cell_of = ((torch.arange(h, device=dev)[:, None] // cell) * gw + torch.arange(w, device=dev)[None] // cell)
+    n_cells = int(cell_of.max()) + 1
+    flat_kept = kept.flatten(1).double()
+    count = torch.zeros(b, n_cells, dtype=torch.float64, device=dev).index_add_(1, cell_of.flatten(), flat_kept)
+    total = torch.zeros_like(count).index_add_(1, cell_of.flatten(), flat_kept * maps.to(dev).flatten(1).double())
+    mean = torch.where(count > 0, total / count.clamp(min=1), torch.inf)
+    order = torch.argsort(mean, dim=1, stable=True)
+    tries = torch.where(extraction.found, (count > 0).sum(1), 0)
+    evaluated = spent + (extraction.evaluated.to(dev) if extraction.evaluated is not None else 0)
+    for t in range(int(tries.max()) if b else 0):
+        img = (tries > t).nonzero()[:, 0]
+        trial = kept[img] & (cell_of[None] != order[img, t, None, None])
+        left = trial.flatten(1).any(1)
+        img, trial = img[left], trial[left]
+        if len(img) == 0:
+            continue
+        probs = engine.masked_probabilities(images, img, trial)
+        ok = passes(probs, target[img], full_confidence[img], min_confidence)
+        kept[img[ok]] = trial[ok]
+        evaluated.index_add_(0, img, torch.ones_like(img))
+    return Extraction(mask=kept[:, None], found=extraction.found, evaluated=evaluated)
+
+
+def explanation_first(maps: Tensor, explanation: Tensor) -> Tensor:
+    """Maps (B, H, W) whose ranking puts the pixels of `explanation` (B, 1, H, W) first, in their own order (raised
+    by the map's range plus one), so that an explanation that is not a prefix of the ranking (after `prune`) is one
+    again, as in Algorithm 3; the other pixels keep their values."""
+    span = (maps.flatten(1).amax(1) - maps.flatten(1).amin(1) + 1)[:, None, None]
+    return maps + explanation[:, 0].to(maps.dtype) * span
+
+
 def multiple_explanations(
     engine: QueryEngine,
     images: Tensor,

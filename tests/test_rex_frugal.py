@@ -213,3 +213,57 @@ def test_beat_blank_refines_images_whose_blank_image_keeps_the_class(one_thread)
     assert on_a.amax() == maps.amax() and on_a.amin() > on_b.amax() and counts["evaluated"].item() > 3 * 14
     model = RegionModel(need_both=True)  # its blank image loses the class: the option changes nothing
     assert torch.equal(_map(model, x, 3, beat_blank=True)[0], _map(model, x, 3)[0])
+
+
+def test_prune_drops_every_cell_the_class_does_not_need_least_responsible_first(one_thread):
+    x = _image()
+    maps = torch.zeros(1, H, W)
+    maps[0, REGION_B[0], REGION_B[1]] = 1.0
+    maps[0, REGION_A[0], REGION_A[1]] = 2.0  # A or B keeps the class; B's cells are tried (and dropped) before A's
+    whole = rex.Extraction(mask=torch.ones(1, 1, H, W, dtype=torch.bool), found=torch.ones(1, dtype=torch.bool),
+                           evaluated=torch.tensor([7]))
+    engine = QueryEngine(RegionModel(need_both=False), 64, 0.0)
+    counter = CallCounter(engine.model)
+    with counter:
+        pruned = rex.prune(engine, x, whole, maps, torch.ones(1, dtype=torch.long), cell=4,
+                           full_confidence=torch.ones(1))
+    expected = torch.zeros(H, W, dtype=torch.bool)
+    expected[:4, :4] = True  # the cell holding A; its removal would leave nothing, so it is never tried
+    assert torch.equal(pruned.mask[0, 0], expected)
+    assert pruned.evaluated.item() == 7 + 15 and counter.images == 15
+    need_both = rex.prune(QueryEngine(RegionModel(need_both=True), 64, 0.0), x, whole, maps,
+                          torch.ones(1, dtype=torch.long), cell=4, full_confidence=torch.ones(1))
+    kept = need_both.mask[0, 0]
+    assert kept[REGION_A[0], REGION_A[1]].all() and kept[REGION_B[0], REGION_B[1]].all()
+    assert kept.sum() == 5 * 16  # A's cell and B's four cells; every other cell dropped
+    missing = rex.Extraction(mask=whole.mask, found=torch.zeros(1, dtype=torch.bool))
+    untouched = rex.prune(engine, x, missing, maps, torch.ones(1, dtype=torch.long), 4, full_confidence=torch.ones(1))
+    assert torch.equal(untouched.mask, whole.mask) and untouched.evaluated.item() == 0
+
+
+def test_explanation_first_ranks_the_explanation_first_in_its_own_order():
+    maps = torch.tensor([[[0.9, 0.1], [0.5, 0.3]]])
+    explanation = torch.tensor([[[[False, True], [False, True]]]])
+    first = rex.explanation_first(maps, explanation)
+    assert rex.pixel_rank(first)[0].tolist() == [2, 1, 3, 0]  # 0.3 before 0.1, then 0.9 before 0.5
+    assert torch.equal(first[~explanation[:, 0]], maps[~explanation[:, 0]])
+
+
+def test_rex_prune_cell_gives_a_smaller_sufficient_explanation_that_leads_its_map(one_thread):
+    x = _image()
+    model = RegionModel(need_both=False)
+    options = {"n_partitions": 3, "seed": 1, "mask_value": 0.0, "min_size": 40}
+    plain = rex.ReX(**options).explain(model, x)
+    pruned = rex.ReX(prune_cell=2, explanation_first=True, **options).explain(model, x)
+    assert torch.equal(pruned.mutants_evaluated, plain.mutants_evaluated)
+    assert pruned.explanations.sum() < plain.explanations.sum()
+    assert pruned.extraction_evaluated.item() > plain.extraction_evaluated.item()
+    kept = pruned.explanations[0, 0]
+    assert kept[REGION_A[0], REGION_A[1]].all() or kept[REGION_B[0], REGION_B[1]].all()
+    assert model(torch.where(kept, x, torch.zeros(())))[0].argmax() == 1
+    n = int(kept.sum())
+    assert torch.equal(rex.pixel_rank(pruned.maps)[0].view(H, W) < n, kept)
+    with pytest.raises(ValueError, match="prune_cell"):
+        rex.ReX(prune_cell=2, explanation="contrastive")
+    with pytest.raises(ValueError, match="prune_cell"):
+        rex.ReX(prune_cell=0)
