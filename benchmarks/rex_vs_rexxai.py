@@ -375,6 +375,12 @@ def main() -> None:
         ours["ours, N = 9, eager, monotone frugal search, Algorithm 3 maps"] = {
             "n_partitions": 9, "min_size": 100, "area_share": True, "rank_area_share": False, "candidates": 6,
             "check": 12, **monotone}
+        ours["ours, N = 5, eager, monotone search"] = {
+            "n_partitions": 5, "min_size": 20, "monotone": True, "tie_sigma": 2.0, "candidates": 8, "check": 0}
+        pruned = {"prune_cell": 8, "explanation_first": True}
+        for name in ("N = 7, eager, monotone frugal search, focused", "N = 9, eager, monotone frugal search, focused",
+                     "N = 9, eager, monotone frugal search, Algorithm 3 maps", "N = 5, eager, monotone search"):
+            ours[f"ours, {name}, pruned"] = {**ours[f"ours, {name}"], **pruned}
         ours["ours, N = 20, eager, tie-broken, frugal extraction"] = {
             "n_partitions": 20, "tie_sigma": 2.0, "candidates": 8, "check": 16}
         for engine in args.engines.split(","):
