@@ -218,9 +218,11 @@ def _rows(runs: dict[str, dict], quality: dict[str, dict], keep: torch.Tensor | 
         run, q = runs[name], quality[name]
         return (_subset(run, keep), {k: v[keep] for k, v in q.items()}) if keep is not None else (run, q)
 
-    ref = _row(REF_NAME, *picked(REF_NAME), None) if REF_NAME in runs else None
-    ref_deletion = picked(REF_NAME)[1]["deletion"] if ref else None
-    return [_row(name, *picked(name), ref, ref_deletion) for name in runs], ref
+    if REF_NAME not in runs:
+        return [_row(name, *picked(name), None) for name in runs], None
+    ref_run, ref_quality = picked(REF_NAME)
+    ref = _row(REF_NAME, ref_run, ref_quality, None)
+    return [_row(name, *picked(name), ref, ref_quality["deletion"]) for name in runs], ref
 
 
 def _table(rows: list[dict], ref: dict | None) -> list[str]:
