@@ -66,13 +66,15 @@ def _onnx_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
 class QueryEngine:
     """`model(images) -> logits` in chunks of `max_batch` through `engine` ("eager", "compile": `torch.compile`,
     "onnx": ONNX Runtime on an export of the weights at the first query); removed pixels take `mask_value`
-    (`models.masking`; "random" and "noise" drawn with `seed`)."""
+    (`models.masking`; "random" and "noise" drawn with `seed`). `observer`, when set, is called with
+    (index, visible, probabilities) after every `masked_probabilities` query (e.g. `rex.confidence.ConfidenceMap`)."""
 
     model: nn.Module
     max_batch: int = 256
     mask_value: MaskValue = None
     engine: QueryBackend = "eager"
     seed: int = 0
+    observer: Callable[[Tensor, Tensor, Tensor], None] | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in get_args(QueryBackend):
@@ -118,7 +120,10 @@ class QueryEngine:
                for idx, vis in zip(index.split(self.max_batch), visible.split(self.max_batch))]
         if not out:
             return torch.zeros(0, 0, device=images.device)
-        return torch.cat(out)
+        probs = torch.cat(out)
+        if self.observer is not None:
+            self.observer(index, visible, probs)
+        return probs
 
 
 class CallCounter:

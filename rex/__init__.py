@@ -1,5 +1,6 @@
 """ReX: causal responsibility maps and minimal sufficient explanations for black-box image classifiers."""
 from rex.callback import ReXCallback
+from rex.confidence import ConfidenceMap, with_confidence
 from rex.contrastive import Complete, Contrastive, complete_extract, contrastive_extract
 from rex.explainer import ReX, ReXConfig, ReXResult, rex_explain
 from rex.extraction import (
@@ -13,10 +14,10 @@ from rex.spatial import circle_masks, spatial_extract, sufficient_circles
 from rex.spotlight import dice_coefficients, dice_separation, spotlight_explanations
 
 __all__ = [
-    "Complete", "Contrastive", "Extraction", "ReX", "ReXCallback", "ReXConfig", "ReXResult", "box_area", "box_masks",
+    "Complete", "ConfidenceMap", "Contrastive", "Extraction", "ReX", "ReXCallback", "ReXConfig", "ReXResult", "box_area", "box_masks",
     "circle_masks", "complete_extract", "contrastive_extract", "dice_coefficients", "dice_separation",
     "explanation_first", "explanation_size", "extract", "extract_by", "insertion_deletion", "multiple_explanations",
     "passes", "pixel_rank", "prune", "quadrant_labels", "responsibility", "responsibility_map", "rex_explain",
     "rex_metrics", "scan", "spatial_extract", "split_boxes", "spotlight_explanations", "subset_outcomes",
-    "sufficient_circles",
+    "sufficient_circles", "with_confidence",
 ]

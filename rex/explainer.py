@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from explainers.protocol import Explanation, explainer
 from models.masking import MaskValue
 from models.queries import QueryBackend, QueryEngine
+from rex.confidence import ConfidenceMap, with_confidence
 from rex.contrastive import complete_extract, contrastive_extract
 from rex.extraction import (
     Extraction, ExtractionMethod, explanation_first, extract, extract_by, multiple_explanations, prune, tie_broken,
@@ -57,7 +58,10 @@ class ReXConfig:
     (`rex.extraction.tie_broken`; the returned maps are unchanged); `monotone` asks the model only about the
     mutants of a split whose outcome does not follow from the others' by Observation 4.6's monotonicity
     (`rex.search.responsibility_map`); `beat_blank` refines images whose blank image already gets the class by the
-    confidence above the blank image's (their map is zero otherwise). `prune_cell` k (None: off) makes a global or
+    confidence above the blank image's (their map is zero otherwise); `blank_fails`, the alternative, counts their
+    blank image as failing, as rex-xai 0.4.1 does. `confidence_weight` w > 0 returns unit(map) + w x
+    unit(confidence map) (`rex.confidence`: RISE's estimate from the mutants and prefixes the model was asked about
+    anyway, so no extra evaluations; a small w breaks the map's ties and near-ties). `prune_cell` k (None: off) makes a global or
     spatial explanation minimal by one greedy pass that drops each k x k pixel cell the class does not need, least
     responsible first (`rex.extraction.prune`, one model evaluation per cell tried); `explanation_first` returns
     maps whose ranking starts with the explanation (`rex.extraction.explanation_first`), so that a pruned
@@ -76,6 +80,8 @@ class ReXConfig:
     tie_sigma: float = 0.0
     monotone: bool = False
     beat_blank: bool = False
+    blank_fails: bool = False
+    confidence_weight: float = 0.0
     prune_cell: int | None = None
     explanation_first: bool = False
     combination: Combination = "average"
@@ -119,6 +125,10 @@ class ReXConfig:
             raise ValueError(f"prune_cell must be None or at least 1 and needs one global or spatial explanation, got "
                              f"prune_cell={self.prune_cell!r}, explanation={self.explanation!r}, "
                              f"n_explanations={self.n_explanations}")
+        if self.beat_blank and self.blank_fails:
+            raise ValueError("beat_blank and blank_fails are two readings of the same images: choose one")
+        if self.confidence_weight < 0:
+            raise ValueError(f"confidence_weight must be at least 0, not {self.confidence_weight}")
         if self.explanation_first and self.n_explanations > 1:
             raise ValueError("explanation_first needs one explanation per image (n_explanations 1)")
         if self.extraction not in get_args(ExtractionMethod):
@@ -177,6 +187,8 @@ class ReX:
         target = probs.argmax(1) if target is None else torch.as_tensor(target, device=images.device).long()
         target = target.to(images.device).expand(images.shape[0])
         confidence = probs.gather(1, target[:, None])[:, 0]
+        if cfg.confidence_weight > 0:
+            engine.observer = ConfidenceMap(target, *images.shape[-2:])
         generator = torch.Generator().manual_seed(cfg.seed)
         step = cfg.step or (10 if cfg.explanation in ("contrastive", "complete") else 1)
         counts: dict[str, Tensor] = {}
@@ -185,7 +197,7 @@ class ReX:
             cfg.distribution, cfg.dist_args, cfg.confidence_filter, cfg.work_budget, cfg.cache, counts,
             cfg.combination, cfg.max_partitions, cfg.wave, cfg.stable_top, cfg.stable_iou, cfg.focus_after,
             cfg.focus_top, cfg.focus_min_size, cfg.area_share, probs, cfg.rank_area_share, cfg.monotone,
-            cfg.beat_blank,
+            cfg.beat_blank, cfg.blank_fails,
         )
         responsibility = counts.get("ranking", maps)
         ranking = tie_broken(responsibility, cfg.tie_sigma)
@@ -208,6 +220,8 @@ class ReX:
                                              candidates=cfg.candidates, full_confidence=confidence, step=step)
         if cfg.prune_cell is not None:
             ex = prune(engine, images, ex, responsibility, target, cfg.prune_cell, cfg.min_confidence, confidence)
+        if engine.observer is not None:
+            maps = with_confidence(maps, engine.observer.map(), cfg.confidence_weight)
         if cfg.explanation_first:
             maps = explanation_first(maps, ex.mask & ex.found[:, None, None, None])
         return ReXResult(maps=maps, explanations=ex.mask, found=ex.found, target=target, confidence=confidence,

@@ -285,6 +285,7 @@ def responsibility_map(
     rank_area_share: bool | None = None,
     monotone: bool = False,
     beat_blank: bool = False,
+    blank_fails: bool = False,
 ) -> Tensor:
     """Algorithms 2-3: responsibility maps (B, H, W) combined over `n_partitions` refined random partitions.
 
@@ -310,7 +311,9 @@ def responsibility_map(
     `beat_blank` makes the search meaningful on an image whose blank image (every pixel masked) already gets the
     target class, where every mutant passes and the map is zero: there a mutant passes only if its target confidence
     also exceeds the blank image's (its map then shows what raises the confidence above that baseline); other
-    images keep section 5.1's test (`confidence_filter` of the full image's confidence).
+    images keep section 5.1's test (`confidence_filter` of the full image's confidence). `blank_fails` reads such an
+    image as rex-xai 0.4.1 does, which never asks about the empty mutant: the blank image counts as failing, so the
+    superpixels of passing mutants get responsibility.
     `counts`, when given, receives per image the mutants "evaluated" by the model, "answered" from the cache and
     "inferred" by `monotone`, and the "partitions" used; without `monotone`, also the "splits" refined and how many
     of them were "non_monotone" (`rex.responsibility.non_monotone`: how far the model is from what `monotone`
@@ -338,7 +341,8 @@ def responsibility_map(
     combined = _Combined(combination, b, h, w, dev)
     ranked = _Combined(combination, b, h, w, dev) if rank_area_share not in (None, area_share) else None
     searcher = _Searcher(
-        engine, images, target, floor, passes(probs[:b], target, floor, 1.0), passes(probs[b:], target, floor, 1.0),
+        engine, images, target, floor, passes(probs[:b], target, floor, 1.0),
+        passes(probs[b:], target, floor, 1.0) & (not blank_fails),
         generator, combined, min_size, queue_len, rule, distribution, dist_args, work_budget, {} if cache else None,
         torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long), torch.zeros(b, 2, dtype=torch.long),
         area_share, ranked, monotone,

@@ -267,3 +267,56 @@ def test_rex_prune_cell_gives_a_smaller_sufficient_explanation_that_leads_its_ma
         rex.ReX(prune_cell=2, explanation="contrastive")
     with pytest.raises(ValueError, match="prune_cell"):
         rex.ReX(prune_cell=0)
+
+
+class _BlankLosesClass(_BlankKeepsClass):
+    """`_BlankKeepsClass`, but the blank image (every pixel at the mask value 0) gets class 0."""
+
+    def forward(self, x):
+        blank = (x.flatten(1).abs().amax(1) == 0).float()
+        return super().forward(x) * (1 - blank)[:, None] + torch.stack([blank, torch.zeros_like(blank)], 1)
+
+
+def test_blank_fails_reads_the_blank_image_as_failing(one_thread):
+    x = _image()
+    read, _ = _map(_BlankKeepsClass(), x, 3, blank_fails=True)
+    failing, _ = _map(_BlankLosesClass(), x, 3)
+    assert read.amax() > 0 and torch.equal(read, failing)  # as if the blank image lost the class
+    assert not _map(_BlankKeepsClass(), x, 3)[0].any()
+    model = RegionModel(need_both=True)  # its blank image loses the class: the option changes nothing
+    assert torch.equal(_map(model, x, 3, blank_fails=True)[0], _map(model, x, 3)[0])
+    with pytest.raises(ValueError, match="choose one"):
+        rex.ReX(beat_blank=True, blank_fails=True)
+
+
+def test_confidence_map_is_the_mean_probability_kept_minus_masked():
+    conf = rex.ConfidenceMap(torch.tensor([1, 0]), 1, 3)
+    visible = torch.tensor([[[True, False, True]], [[False, True, True]], [[True, True, True]]])
+    probs = torch.tensor([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    conf(torch.tensor([0, 0, 1]), visible, probs)
+    # image 0, class 1: pixel 0 kept at 0.8, masked at 0.4; pixel 1 the reverse; pixel 2 never masked
+    assert torch.allclose(conf.map()[0, 0], torch.tensor([0.4, -0.4, 0.0]))
+    assert not conf.map()[1].any()  # one query keeping every pixel: nothing to compare
+    maps = torch.tensor([[[2.0, 2.0, 1.0]]])
+    mixed = rex.with_confidence(maps, torch.tensor([[[0.0, 1.0, 5.0]]]), 0.1)
+    assert torch.allclose(mixed, torch.tensor([[[1.0, 1.02, 0.1]]]))  # the tie broken, the order kept
+
+
+def test_rex_confidence_weight_breaks_ties_at_no_extra_evaluations(one_thread):
+    x, model = _image(), RegionModel(need_both=False)
+    options = {"n_partitions": 3, "seed": 1, "mask_value": 0.0, "min_size": 40}
+    plain = rex.ReX(**options).explain(model, x)
+    graded = rex.ReX(confidence_weight=0.5, **options).explain(model, x)
+    assert torch.equal(graded.model_evaluated, plain.model_evaluated)
+    assert torch.equal(graded.explanations, plain.explanations)
+    flat = plain.maps.flatten(1)
+    unit = (flat - flat.amin()) / (flat.amax() - flat.amin())
+    confidence = (graded.maps.flatten(1) - unit) / 0.5  # the confidence map, scaled to [0, 1]
+    assert confidence.amin().abs() < 1e-6 and (confidence.amax() - 1).abs() < 1e-6
+    region = torch.zeros(H, W, dtype=torch.bool)
+    region[REGION_A] = region[REGION_B] = True
+    assert confidence[0, region.flatten()].mean() > confidence[0, ~region.flatten()].mean()
+    assert len(graded.maps.unique()) > len(plain.maps.unique())  # ties broken
+    assert torch.equal(graded.maps, rex.ReX(confidence_weight=0.5, **options).explain(model, x).maps)
+    with pytest.raises(ValueError, match="confidence_weight"):
+        rex.ReX(confidence_weight=-1)
