@@ -390,6 +390,9 @@ def main() -> None:
             ours[f"ours, N = {n}, eager, pruned, default search"] = {"n_partitions": n, "tie_sigma": 2.0, **pruned}
         ours["ours, N = 5, eager, frugal search, focused early, pruned"] = {
             **ours["ours, N = 5, eager, frugal search, focused early"], **pruned}
+        graded = {"beat_blank": False, "blank_fails": True, "confidence_weight": 0.3}
+        for name in [n for n in ours if n.endswith(", pruned") and "default search" not in n]:
+            ours[f"{name}, graded"] = {**ours[name], **graded}
         ours["ours, N = 20, eager, tie-broken, frugal extraction"] = {
             "n_partitions": 20, "tie_sigma": 2.0, "candidates": 8, "check": 16}
         for engine in args.engines.split(","):
@@ -444,7 +447,11 @@ def main() -> None:
         "explanation the class does not need, least responsible first: section 3's minimality, one evaluation per "
         "cell tried) and `explanation_first: true` (the returned map ranks the pruned explanation first, so it "
         "is again a prefix of the map's ranking); pruned, default search = N = 5 or 10 with `tie_sigma: 2` and "
-        "pruned.",
+        "pruned. Graded = the same with `confidence_weight: 0.3` (the returned map is unit(map) + 0.3 x unit(RISE's "
+        "estimate from the mutants and prefixes already evaluated: mean target probability where a pixel was kept "
+        "minus where it was masked), no extra evaluations) and `blank_fails: true` instead of `beat_blank` (an "
+        "image whose blank image already gets the class is read as rex-xai reads it: the blank image counts as "
+        "failing).",
         "",
     ]
     lines += _table(rows, ref)
@@ -453,8 +460,9 @@ def main() -> None:
         lines += ["", f"The same without the {int(keeps_blank.sum())} images whose blank image (every pixel masked) "
                   "already gets the explained class: no part of them is a cause, so ReX's responsibility is zero "
                   "everywhere (but in the monotone rows, whose `beat_blank` refines them by the confidence above the "
-                  "blank image's), any single pixel 'explains' them and the other rows' maps rank pixels by "
-                  "tie-breaking only (as in methods_synthetic.md):", ""]
+                  "blank image's, and in the graded rows, which read their blank image as failing), any single pixel "
+                  "'explains' them and the other rows' maps rank pixels by tie-breaking only (as in "
+                  "methods_synthetic.md):", ""]
         lines += _table(sub_rows, sub_ref)
     lines += ["", f"Total run time {time.time() - start_all:.0f} s.", ""]
     out = Path(args.out)
