@@ -34,7 +34,8 @@ class ConfidenceMap:
         """(B, H, W): mean probability where kept minus where masked; 0 for a pixel never (or always) kept."""
         masked_count = self.count[:, None] - self.kept_count
         seen = (self.kept_count > 0) & (masked_count > 0)
-        effect = self.kept / self.kept_count.clamp(min=1) - (self.total[:, None] - self.kept) / masked_count.clamp(min=1)
+        masked = (self.total[:, None] - self.kept) / masked_count.clamp(min=1)
+        effect = self.kept / self.kept_count.clamp(min=1) - masked
         return torch.where(seen, effect, torch.zeros_like(effect)).float().view(self.shape)
 
 

@@ -61,9 +61,9 @@ class ReXConfig:
     confidence above the blank image's (their map is zero otherwise); `blank_fails`, the alternative, counts their
     blank image as failing, as rex-xai 0.4.1 does. `confidence_weight` w > 0 returns unit(map) + w x
     unit(confidence map) (`rex.confidence`: RISE's estimate from the mutants and prefixes the model was asked about
-    anyway, so no extra evaluations; a small w breaks the map's ties and near-ties). `prune_cell` k (None: off) makes a global or
-    spatial explanation minimal by one greedy pass that drops each k x k pixel cell the class does not need, least
-    responsible first (`rex.extraction.prune`, one model evaluation per cell tried); `explanation_first` returns
+    anyway, so no extra evaluations; a small w breaks the map's ties and near-ties). `prune_cell` k (None: off)
+    makes a global or spatial explanation minimal by one greedy pass that drops each k x k pixel cell the class
+    does not need, least responsible first (`rex.extraction.prune`, one model evaluation per cell tried); `explanation_first` returns
     maps whose ranking starts with the explanation (`rex.extraction.explanation_first`), so that a pruned
     explanation is again a prefix of its map's ranking."""
 
