@@ -16,8 +16,8 @@ from rex.spotlight import dice_coefficients, dice_separation, spotlight_explanat
 __all__ = [
     "Complete", "ConfidenceMap", "Contrastive", "Extraction", "ReX", "ReXCallback", "ReXConfig", "ReXResult",
     "box_area", "box_masks", "circle_masks", "complete_extract", "contrastive_extract", "dice_coefficients",
-    "dice_separation", "explanation_first", "explanation_size", "extract", "extract_by", "insertion_deletion", "multiple_explanations",
-    "passes", "pixel_rank", "prune", "quadrant_labels", "responsibility", "responsibility_map", "rex_explain",
-    "rex_metrics", "scan", "spatial_extract", "split_boxes", "spotlight_explanations", "subset_outcomes",
-    "sufficient_circles", "with_confidence",
+    "dice_separation", "explanation_first", "explanation_size", "extract", "extract_by", "insertion_deletion",
+    "multiple_explanations", "passes", "pixel_rank", "prune", "quadrant_labels", "responsibility",
+    "responsibility_map", "rex_explain", "rex_metrics", "scan", "spatial_extract", "split_boxes",
+    "spotlight_explanations", "subset_outcomes", "sufficient_circles", "with_confidence",
 ]

@@ -63,9 +63,9 @@ class ReXConfig:
     unit(confidence map) (`rex.confidence`: RISE's estimate from the mutants and prefixes the model was asked about
     anyway, so no extra evaluations; a small w breaks the map's ties and near-ties). `prune_cell` k (None: off)
     makes a global or spatial explanation minimal by one greedy pass that drops each k x k pixel cell the class
-    does not need, least responsible first (`rex.extraction.prune`, one model evaluation per cell tried); `explanation_first` returns
-    maps whose ranking starts with the explanation (`rex.extraction.explanation_first`), so that a pruned
-    explanation is again a prefix of its map's ranking."""
+    does not need, least responsible first (`rex.extraction.prune`, one model evaluation per cell tried);
+    `explanation_first` returns maps whose ranking starts with the explanation (`rex.extraction.explanation_first`),
+    so that a pruned explanation is again a prefix of its map's ranking."""
 
     n_partitions: int | Literal["auto"] = 20
     max_partitions: int = 40
