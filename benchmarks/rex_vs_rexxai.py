@@ -391,7 +391,7 @@ def main() -> None:
         ours["ours, N = 5, eager, frugal search, focused early, pruned"] = {
             **ours["ours, N = 5, eager, frugal search, focused early"], **pruned}
         graded = {"beat_blank": False, "blank_fails": True, "confidence_weight": 0.3}
-        for name in [n for n in ours if n.endswith(", pruned") and "default search" not in n]:
+        for name in [n for n in ours if n.endswith(", pruned")]:
             ours[f"{name}, graded"] = {**ours[name], **graded}
         ours["ours, N = 20, eager, tie-broken, frugal extraction"] = {
             "n_partitions": 20, "tie_sigma": 2.0, "candidates": 8, "check": 16}
