@@ -16,6 +16,7 @@ import yaml
 
 from evaluation import ImageFiles, LoadedModels, discover, explain_images, load_models, split_items
 from explainers import available, get
+from explainers.protocol import REQUIRED
 
 
 #: stages that can be loaded beside --ckpt, each by a flag of its name
@@ -34,31 +35,57 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def check_methods(methods: list[str], loaded: LoadedModels, options: dict[str, dict[str, Any]]) -> None:
-    """Fail before any work on unknown methods, a missing stage, access the model does not grant, or bad options."""
+def check_options(methods: list[str], options: dict[str, dict[str, Any]]) -> None:
+    """Fail before any model or data loads on unknown methods, options of no method, unknown option names (with
+    their close matches) and option values a method refuses."""
     for m in methods:
         if m not in available():
             raise SystemExit(f"error: unknown method {m!r}; available: {', '.join(available())}")
+    stray = sorted(set(options) - set(available()))
+    if stray:
+        raise SystemExit(f"error: --option {stray[0]}.* names no method; available: {', '.join(available())}")
+    for m in methods:
+        shortcut = [k for k in get(m).required if k in ("property", "region") and k not in options.get(m, {})]
+        if shortcut:
+            raise SystemExit(f"error: --method {m} needs --{shortcut[0]} NAME; see --help")
+        try:
+            get(m).check_options(options.get(m, {}))
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from err
+
+
+def check_methods(methods: list[str], loaded: LoadedModels, options: dict[str, dict[str, Any]]) -> None:
+    """Fail before any work on a missing stage or access the model does not grant."""
+    for m in methods:
         spec = get(m)
         missing = [s for s in spec.needs if s not in loaded.models]
         if missing:
             hint = f"; give one with --{missing[0]} PATH" if missing[0] in STAGE_FLAGS else ""
             raise SystemExit(f"error: method {m!r} needs a {missing[0]} checkpoint, but --ckpt is {loaded.describe()}"
                              + hint)
-        shortcut = [k for k in spec.required if k in ("property", "region") and k not in options.get(m, {})]
-        if shortcut:
-            raise SystemExit(f"error: --method {m} needs --{shortcut[0]} NAME; see --help")
         try:
             spec.check_access(loaded.classifier)
-            spec.check_options(options.get(m, {}))
         except ValueError as err:
             raise SystemExit(f"error: {err}") from err
 
 
-def build_parser() -> argparse.ArgumentParser:
+def method_help(name: str) -> str:
+    """`--help` text of one method's options: each with its default and its one line."""
+    spec = get(name)
+    lines = [f"options of {name} (--option {name}.NAME=VALUE):"]
+    helps = spec.option_help()
+    for opt, default in spec.options.items():
+        shown = "required" if default is REQUIRED else f"default {default!r}"
+        lines.append(f"  {opt:18s} {shown}" + (f"; {helps[opt]}" if opt in helps else ""))
+    return "\n".join(lines if len(lines) > 1 else [f"{name} takes no options"])
+
+
+def build_parser(chosen: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; with `chosen` methods, `--help` also lists their options."""
     discover()
     methods = "\n".join(f"  {n:22s} {get(n).access}-box  {get(n).summary}" for n in available())
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="methods:\n" + methods,
+    epilog = "methods:\n" + methods + "".join("\n\n" + method_help(m) for m in chosen or () if m in available())
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=epilog,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", "--model", dest="ckpt", required=True,
                    help="checkpoint of any stage (.ckpt); timm:NAME (a timm model, white box); package.module:factory "
@@ -67,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="pretrained",
                    help="for timm:NAME: pretrained (timm's weights; offline needs a cache), random, or a local file")
     p.add_argument("--classes", default=None, help="file with the class names, one per line")
-    p.add_argument("--method", required=True, help="comma-separated methods (listed below)")
+    p.add_argument("--method", required=True,
+                   help="comma-separated methods (listed below; with --help, their options are listed too)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files (converted to RGB at the model's size)")
     src.add_argument("--data", help="config name or path whose data section gives the images (like train.py)")
@@ -111,13 +139,17 @@ def _target_index(value: str | None, class_names: list[str] | None) -> int | Non
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Entry point: explain images or a datamodule split with every requested method; returns the summary records."""
-    args = build_parser().parse_args(argv)
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="")
+    chosen = [m.strip() for m in pre.parse_known_args(argv)[0].method.split(",") if m.strip()]
+    args = build_parser(chosen).parse_args(argv)
+    methods = chosen
     options = parse_options(args.option)
     for name in ("property", "region"):
         for m in methods:
             if getattr(args, name) is not None and m in available() and name in get(m).options:
                 options.setdefault(m, {})[name] = getattr(args, name)
+    check_options(methods, options)
     extra = {stage: getattr(args, stage) for stage in STAGE_FLAGS if getattr(args, stage)}
     loaded = load_models(args.ckpt, args.img_size, args.grid, extra, args.weights, args.classes)
     check_methods(methods, loaded, options)

@@ -1,10 +1,10 @@
-"""How monotone each classifier's ReX splits are (Observation 4.6), i.e. how safe `rex.monotone` is for it.
+"""How monotone each classifier's ReX splits are (Observation 4.6), i.e. how safe the search's `monotone` setting is for it.
 
 Usage: python benchmarks/rex_monotonicity.py --ckpt A.ckpt [--ckpt B.ckpt ...] [--n-images 32] [--first-image 32]
     [--threads 2] [--out benchmarks/results/rex_monotonicity.md]
 
 For every split the search refines (each of the 16 subsets of its 4 superpixels evaluated), a split is non-monotone
-when some subset keeps the class while a subset holding it loses it; then `rex.monotone` may infer an outcome the
+when some subset keeps the class while a subset holding it loses it; then `monotone` may infer an outcome the
 model would not give. The same search is then run with `monotone: true` to show the evaluations it saves.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from datamodules import SyntheticDataModule  # noqa: E402
 from models import QueryEngine, load_stage  # noqa: E402
-from rex.search import responsibility_map  # noqa: E402
+from rex.search import SearchSettings, responsibility_map  # noqa: E402
 
 
 def main() -> None:
@@ -48,8 +48,10 @@ def main() -> None:
         counts = {}
         for monotone in (False, True):
             c: dict[str, torch.Tensor] = {}
-            responsibility_map(QueryEngine(model, 64), images, target, torch.Generator().manual_seed(0),
-                               args.n_partitions, args.min_size, distribution="binom", counts=c, monotone=monotone)
+            settings = SearchSettings(n_partitions=args.n_partitions, min_size=args.min_size, distribution="binom",
+                                      monotone=monotone)
+            responsibility_map(QueryEngine(model, 64), images, target, torch.Generator().manual_seed(0), settings,
+                               counts=c)
             counts[monotone] = c
         full, mono = counts[False], counts[True]
         rows.append(f"| `{ckpt}` | {module.hparams.img_size} px | {int(full['splits'].sum())} | "

@@ -8,16 +8,20 @@
 `model` is always the classifier being explained (images (B, 3, H, W) in [0, 1] -> logits); the other stages a
 method needs (`needs=("explainer",)`, RCSB's `("bridge",)`) arrive as keyword arguments of the same names, and a
 method that declares a `batch` or `dataset` parameter receives the batch dict (ground-truth masks, indices) and
-its dataset. Every keyword parameter after those is an option (`--option my_method.n_samples=128`). Calling a
+its dataset. Every keyword parameter after those is an option (`--option my_method.n_samples=128`); a method with
+many options declares them as a dataclass instead (`@explainer(..., options=MyConfig)`: its fields are the options,
+a field's `metadata["help"]` its one line in `explain.py --method NAME --help`, and building it validates them, so
+that bad options are refused before any model loads). Calling a
 `MethodSpec` checks the stages and the access the model grants, fills the default target (the predicted class),
 sets the gradient mode (on for white-box methods only), and times the call and counts the classifier's forward calls.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Literal
 
 import torch
@@ -82,6 +86,7 @@ class MethodSpec:
     access: Access
     needs: tuple[str, ...]
     supports: Callable[[nn.Module], str | None] | None = None
+    config: type | None = None
 
     @property
     def summary(self) -> str:
@@ -90,10 +95,20 @@ class MethodSpec:
 
     @property
     def options(self) -> dict[str, Any]:
-        """Option names and defaults (`REQUIRED` for an option the user must give)."""
+        """Option names and defaults (`REQUIRED` for an option the user must give): the function's keyword
+        parameters, then the fields of its declared options dataclass."""
         params = list(inspect.signature(self.fn).parameters.values())[3:]
-        return {p.name: p.default for p in params
-                if p.name not in (*self.needs, *_CONTEXT) and p.kind is not p.VAR_KEYWORD}
+        out = {p.name: p.default for p in params
+               if p.name not in (*self.needs, *_CONTEXT) and p.kind is not p.VAR_KEYWORD}
+        for f in fields(self.config) if self.config is not None else ():
+            out[f.name] = f.default if f.default is not MISSING else REQUIRED
+        return out
+
+    def option_help(self) -> dict[str, str]:
+        """One line per option that has one (the options dataclass's `metadata["help"]`)."""
+        if self.config is None:
+            return {}
+        return {f.name: f.metadata["help"] for f in fields(self.config) if "help" in f.metadata}
 
     @property
     def required(self) -> list[str]:
@@ -115,16 +130,23 @@ class MethodSpec:
         )
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Refuse options the method does not take, naming the ones it does."""
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.fn).parameters.values())
+        """Refuse options the method does not take (naming close matches and the ones it takes), missing required
+        ones, and values its options dataclass rejects; needs no model, so it runs before any loads."""
+        takes_any = self.config is None and any(p.kind is p.VAR_KEYWORD
+                                                for p in inspect.signature(self.fn).parameters.values())
         unknown = sorted(set(options) - set(self.options))
         if unknown and not takes_any:
-            known = ", ".join(k if v is REQUIRED else f"{k}={v!r}" for k, v in self.options.items()) or "none"
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {self.name!r}; its options: {known}")
+            raise ValueError(unknown_options(self.name, unknown, self.options))
         missing = [k for k in self.required if k not in options]
         if missing:
             raise ValueError(f"method {self.name!r} needs the option(s) {', '.join(missing)} "
                              f"(--option {self.name}.{missing[0]}=VALUE)")
+        if self.config is not None:
+            names = {f.name for f in fields(self.config)}
+            try:
+                self.config(**{k: v for k, v in options.items() if k in names})
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"method {self.name!r}: {err}") from err
 
     def check_models(self, models: Mapping[str, nn.Module]) -> None:
         """Refuse a call that lacks a stage the method needs."""
@@ -163,6 +185,14 @@ class MethodSpec:
         return out
 
 
+def unknown_options(method: str, unknown: list[str], options: Mapping[str, Any]) -> str:
+    """The error for options `unknown` of `method`: each with its close matches, then every option it takes."""
+    guesses = [f"{u!r} (did you mean {' or '.join(repr(m) for m in close)}?)" if close else repr(u)
+               for u in unknown for close in [difflib.get_close_matches(u, list(options), n=2, cutoff=0.6)]]
+    known = ", ".join(k if v is REQUIRED else f"{k}={v!r}" for k, v in options.items()) or "none"
+    return f"unknown option(s) {', '.join(guesses)} for method {method!r}; its options: {known}"
+
+
 def default_target(model: nn.Module, images: Tensor, target: Tensor | int | None) -> Tensor:
     """Target classes (B,): given (a class index or one per image), or the model's prediction."""
     if target is None:
@@ -175,17 +205,20 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def explainer(name: str, access: Access = "black", needs: tuple[str, ...] = (),
-              supports: Callable[[nn.Module], str | None] | None = None) -> Callable:
+              supports: Callable[[nn.Module], str | None] | None = None, options: type | None = None) -> Callable:
     """Decorator: register `fn(model, images, target, [stage models], [batch], [dataset], **options) -> Explanation`
     as method `name`; the registered `MethodSpec` is what the decorator returns. `supports(model)` returns why a
-    model cannot be explained (None when it can); it runs with the access check, before any work."""
+    model cannot be explained (None when it can); it runs with the access check, before any work. `options`, a
+    dataclass, declares the options `fn` takes as `**options` (see the module docstring)."""
     if access not in ACCESS_LEVEL:
         raise ValueError(f"access must be one of {', '.join(ACCESS_LEVEL)}, got {access!r}")
+    if options is not None and not is_dataclass(options):
+        raise TypeError(f"options of method {name!r} must be a dataclass, got {options!r}")
 
     def wrap(fn: Callable[..., Explanation]) -> MethodSpec:
         if name in _REGISTRY:
             raise ValueError(f"explanation method {name!r} is registered twice")
-        spec = MethodSpec(name, fn, access, tuple(s for s in needs if s != "classifier"), supports)
+        spec = MethodSpec(name, fn, access, tuple(s for s in needs if s != "classifier"), supports, options)
         _REGISTRY[name] = spec
         return spec
 

@@ -8,7 +8,7 @@ Results also stay in `callback.results` (`summary`, `per_image`, `maps`, `explan
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from explainers.callbacks import EvaluationCallback, Rows
 from explainers.figures import overlay_figure
 from explainers.metrics import fraction_inside, fraction_outside
-from rex.explainer import ReXConfig, rex_explain
+from rex.explainer import ReX, ReXConfig, rex_explain
 from rex.metrics import insertion_deletion
 
 
@@ -33,7 +33,10 @@ class ReXCallback(EvaluationCallback):
                  batch_size: int = 8, steps: int = 50, num_log: int = 4, run_after_fit: bool = True,
                  run_after_test: bool = True, model_attr: str | None = "model") -> None:
         super().__init__(num_images, split, batch_size, num_log, run_after_fit, run_after_test, model_attr)
-        self.options = asdict(rex) if isinstance(rex, ReXConfig) else dict(rex or {})
+        if isinstance(rex, ReXConfig):
+            rex = {f.name: getattr(rex, f.name) for f in fields(rex)}
+        self.options = dict(rex or {})
+        ReX(**self.options)
         self.steps = steps
 
     def compute(self, model: nn.Module, batch: dict[str, Any], dataset: Any, task: str) -> Rows:

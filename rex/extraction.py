@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +11,36 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from models.queries import QueryEngine
 from rex.search import passes
 
-ExtractionMethod = Literal["search", "scan"]
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractionSettings:
+    """How explanations are extracted from the map and which map is returned (Algorithm 3, lines 9-17);
+    `rex.presets` names the two settings a user picks.
+
+    `candidates` prefix sizes are tested per image and round, then up to `check` untested sizes below the found one
+    (`extract`); `tie_sigma` > 0 breaks the ranking's ties by a map blurred by that many pixels (`tie_broken`);
+    `prune_cell` k (None: off) makes a global or spatial explanation minimal by dropping each k x k cell the class
+    does not need (`prune`); `explanation_first` returns maps whose ranking starts with the explanation
+    (`explanation_first`); `confidence_weight` w > 0 returns unit(map) + w x unit(confidence map) (`rex.confidence`,
+    from the queries already made)."""
+
+    candidates: int = 32
+    check: int | None = 64
+    tie_sigma: float = 0.0
+    prune_cell: int | None = None
+    explanation_first: bool = False
+    confidence_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Clear errors for values the extraction cannot use."""
+        if self.candidates < 2:
+            raise ValueError(f"candidates must be at least 2, not {self.candidates}")
+        if self.prune_cell is not None and self.prune_cell < 1:
+            raise ValueError(f"prune_cell must be None (off) or at least 1, not {self.prune_cell}")
+        if self.confidence_weight < 0:
+            raise ValueError(f"confidence_weight must be at least 0, not {self.confidence_weight}")
+        if self.tie_sigma < 0:
+            raise ValueError(f"tie_sigma must be at least 0, not {self.tie_sigma}")
 
 
 @dataclass
@@ -213,27 +241,6 @@ def scan(
     return p.result()
 
 
-def extract_by(
-    method: ExtractionMethod,
-    engine: QueryEngine,
-    images: Tensor,
-    maps: Tensor,
-    target: Tensor,
-    region: Tensor | None = None,
-    min_confidence: float = 0.0,
-    candidates: int = 32,
-    full_confidence: Tensor | None = None,
-    step: int = 1,
-    check: int | None = 64,
-) -> Extraction:
-    """Algorithm 3, lines 10-17 by `method`: "search" (`extract`) or the exhaustive "scan" (`scan`)."""
-    if method == "scan":
-        return scan(engine, images, maps, target, region, min_confidence, candidates, full_confidence, step)
-    if method != "search":
-        raise ValueError(f"unknown extraction {method!r}; known: 'search', 'scan'")
-    return extract(engine, images, maps, target, region, min_confidence, candidates, full_confidence, step, check)
-
-
 def prune(
     engine: QueryEngine,
     images: Tensor,
@@ -298,12 +305,10 @@ def multiple_explanations(
     min_confidence: float = 0.0,
     candidates: int = 32,
     full_confidence: Tensor | None = None,
-    method: ExtractionMethod = "search",
     step: int = 1,
     check: int | None = 64,
 ) -> Extraction:
-    """Section 6.2: up to `k` sufficient explanations (B, k, 1, H, W) from one map, each extracted (by `method`,
-    see `extract_by`) from the ranking with the pixels of the earlier ones excluded (all but their lowest
+    """Section 6.2: up to `k` sufficient explanations (B, k, 1, H, W) from one map, each extracted (`extract`) from the ranking with the pixels of the earlier ones excluded (all but their lowest
     `overlap` fraction, grown by `separation` pixels), so that later ones sit around other peaks of
     responsibility; `evaluated` counts every extraction's model evaluations per image."""
     b, _, h, w = images.shape
@@ -315,8 +320,8 @@ def multiple_explanations(
     alive = torch.ones(b, dtype=torch.bool, device=dev)
     masks, found = [], []
     for _ in range(k):
-        ex = extract_by(method, engine, images, maps, target, allowed & alive[:, None, None], min_confidence,
-                        candidates, full_confidence, step, check)
+        ex = extract(engine, images, maps, target, allowed & alive[:, None, None], min_confidence, candidates,
+                     full_confidence, step, check)
         evaluated += ex.evaluated
         ok = ex.found & alive
         masks.append(ex.mask & ok[:, None, None, None])

@@ -9,7 +9,7 @@ image stops once its map is stable (see `responsibility_map`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -19,8 +19,7 @@ from torch import Tensor
 from models.queries import QueryEngine
 from rex.partition import SplitDistribution, box_area, box_masks, quadrant_labels, split_boxes
 from rex.responsibility import (
-    FULL, MUTANT_SUBSETS, N_PARTS, VISIBLE, ResponsibilityRule, implied_outcomes, non_monotone, responsibility,
-    subset_outcomes,
+    FULL, MUTANT_SUBSETS, N_PARTS, VISIBLE, implied_outcomes, non_monotone, responsibility, subset_outcomes,
 )
 
 #: Label of held-constant pixels: bit 5 of every mutant code is set, so they are visible in all 14 mutants;
@@ -29,8 +28,56 @@ _HELD = 5
 #: Mutant visibility masks are built at least this many pixels (and `max_batch` mutants) at a time, then sent to
 #: the model in `max_batch` chunks; 4 M stays in cache on CPU (measured 15 % faster than 16 M for a linear model).
 _CHUNK_PIXELS = 1 << 22
+#: Algorithm 2's queue: the smallest passing mutant of each split is refined (section 6.1's queue of length 1).
+_QUEUE_LEN = 1
+#: `n_partitions` "auto": waves of 5 partitions, an image stops when the first 10 % of its map's ranking has
+#: IoU >= 0.9 with the previous wave's, at most 40 partitions (rex_vs_rexxai.md: it settles at 10-15 on the
+#: synthetic models, so the cap of twice the paper's N = 20 is rarely reached).
+AUTO_WAVE, AUTO_MAX, AUTO_TOP, AUTO_IOU = 5, 40, 0.1, 0.9
+#: Focused refinement starts from the bounding box of the map's first 5 % of pixels (the share of the image the
+#: synthetic scenes' target objects cover, rex_vs_rexxai.md).
+FOCUS_TOP = 0.05
 
 Combination = Literal["average", "multiplicative"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """How the responsibility map is searched (Algorithms 2-3); `rex.presets` names the two settings a user picks.
+
+    `n_partitions` N random partitions (or "auto", see `responsibility_map`), each refined down to superpixels of
+    `min_size` pixels, split points drawn `distribution` ("uniform": the paper; "binom": near the box centre).
+    `area_share` True is Algorithm 3, line 6 (each pixel of P gets R(P) / |P|); False gives each pixel the whole
+    R(P), as rex-xai 0.4.1. `focus_after` k (None: off) starts the partitions after the first k from the box of
+    the map's first `FOCUS_TOP` pixels, refined down to `focus_min_size` (h-Shap's focused refinement).
+    `monotone` asks only about mutants whose outcome does not follow from others' (Observation 4.6).
+    `blank_fails` reads an image whose blank image keeps the class as rex-xai does (the blank image fails), where
+    the paper's reading gives a zero map. `combination` "average" is Algorithm 3, "multiplicative" rex-xai's.
+    `cache` answers a mutant already evaluated for the same image from memory (identical maps)."""
+
+    n_partitions: int | Literal["auto"] = 20
+    min_size: int = 10
+    distribution: SplitDistribution = "uniform"
+    area_share: bool = True
+    focus_after: int | None = None
+    focus_min_size: int | None = None
+    monotone: bool = False
+    blank_fails: bool = False
+    combination: Combination = "average"
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        """Clear errors for values the search cannot use."""
+        if isinstance(self.n_partitions, str) and self.n_partitions != "auto":
+            raise ValueError(f"n_partitions must be a positive int or 'auto', not {self.n_partitions!r}")
+        if not isinstance(self.n_partitions, str) and (isinstance(self.n_partitions, bool) or self.n_partitions < 1):
+            raise ValueError(f"n_partitions must be a positive int or 'auto', not {self.n_partitions!r}")
+        if self.focus_after is not None and self.focus_after < 1:
+            raise ValueError(f"focus_after must be None or at least 1, not {self.focus_after}")
+        if self.combination not in ("average", "multiplicative"):
+            raise ValueError(f"unknown combination {self.combination!r}; known: 'average', 'multiplicative'")
+        if self.distribution not in ("uniform", "binom", "betabinom"):
+            raise ValueError(f"unknown split distribution {self.distribution!r}; known: uniform, binom, betabinom")
 
 
 @dataclass
@@ -44,10 +91,11 @@ class _Tasks:
     full_pass: Tensor
 
 
-def passes(probs: Tensor, target: Tensor, full_confidence: Tensor, confidence_filter: float) -> Tensor:
-    """Section 5.1: a mutant passes when it keeps the target class (and `confidence_filter` of its confidence)."""
+def passes(probs: Tensor, target: Tensor, full_confidence: Tensor, min_confidence: float) -> Tensor:
+    """Section 5.1: a masked image passes when it keeps the target class (and `min_confidence` x the full image's
+    confidence `full_confidence`)."""
     conf = probs.gather(1, target[:, None])[:, 0]
-    return (probs.argmax(1) == target) & (conf >= confidence_filter * full_confidence)
+    return (probs.argmax(1) == target) & (conf >= min_confidence * full_confidence)
 
 
 def _add_boxes(diff: Tensor, image: Tensor, boxes: Tensor, values: Tensor) -> None:
@@ -112,31 +160,24 @@ class _Searcher:
     engine: QueryEngine
     images: Tensor
     target: Tensor
-    floor: Tensor
     full_ok: Tensor
     empty_ok: Tensor
     generator: torch.Generator
     combined: _Combined
-    min_size: int
-    queue_len: int
-    rule: ResponsibilityRule
-    distribution: SplitDistribution
-    dist_args: tuple[float, ...]
-    work_budget: int | None
+    settings: SearchSettings
     memo: dict[tuple[int, bytes], bool] | None
     answered: Tensor
     inferred: Tensor
     broken: Tensor
-    area_share: bool = True
-    ranked: _Combined | None = None
-    monotone: bool = False
 
-    def run(self, image_of: Tensor, start: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def run(self, image_of: Tensor, start: tuple[Tensor, Tensor] | None = None, min_size: int | None = None) -> Tensor:
         """Algorithm 2 on one random partition of image `image_of[s]` per search s, all together level by level,
         of the whole image or of `start` = (boxes (S, 4), whether each box alone passes (S,)), everything outside
-        masked; returns the mutants (work) each search built."""
+        masked, down to superpixels of `min_size` (None: the settings'); returns the mutants (work) each search
+        built."""
         _, _, h, w = self.images.shape
         dev = self.images.device
+        cfg = self.settings
         n_search = len(image_of)
         box, full_pass = start if start is not None else (torch.tensor([0, h, 0, w]).repeat(n_search, 1),
                                                            self.full_ok[image_of])
@@ -149,34 +190,28 @@ class _Searcher:
         )
         work = torch.zeros(n_search, dtype=torch.long, device=dev)
         while tasks.search.numel() > 0:
-            children = split_boxes(tasks.box, self.generator, self.distribution, self.dist_args)
+            children = split_boxes(tasks.box, self.generator, cfg.distribution)
             labels = torch.where(tasks.context, _HELD, quadrant_labels(children, h, w, dev))
-            if self.monotone:
+            if cfg.monotone:
                 mutant_pass = self._monotone_passes(image_of[tasks.search], labels, tasks.empty_pass, tasks.full_pass)
             else:
                 mutant_pass = self._level_passes(image_of[tasks.search], labels)
             outcomes = subset_outcomes(mutant_pass, tasks.empty_pass, tasks.full_pass)
-            resp = responsibility(outcomes, self.rule)
+            resp = responsibility(outcomes)
 
             area = box_area(children).to(dev)
             search = tasks.search.repeat_interleave(N_PARTS)
-            img, boxes, shared = image_of[search], children.flatten(0, 1), resp / area.clamp(min=1)
-            self.combined.add(search, img, boxes, (shared if self.area_share else resp).flatten())
-            if self.ranked is not None:
-                self.ranked.add(search, img, boxes, (resp if self.area_share else shared).flatten())
+            values = resp / area.clamp(min=1) if cfg.area_share else resp
+            self.combined.add(search, image_of[search], children.flatten(0, 1), values.flatten())
 
             work.index_add_(0, tasks.search, torch.full_like(tasks.search, mutant_pass.shape[1]))
-            if not self.monotone:
+            if not cfg.monotone:
                 img_of_task = image_of[tasks.search].cpu()
                 self.broken.index_add_(0, img_of_task, torch.stack([non_monotone(outcomes).long().cpu(),
                                                                     torch.ones_like(img_of_task)], 1))
             go_on = resp.amax(1) - resp.amin(1) > 1e-12
-            if self.work_budget is not None:
-                go_on &= work[tasks.search] < self.work_budget
-            tasks = _next_tasks(tasks, children, area, outcomes, go_on, self.queue_len, self.min_size, h, w)
+            tasks = _next_tasks(tasks, children, area, outcomes, go_on, min_size or cfg.min_size, h, w)
         self.combined.end_wave(image_of)
-        if self.ranked is not None:
-            self.ranked.end_wave(image_of)
         return work
 
     def focus(self, image: Tensor, maps: Tensor, top: float) -> tuple[Tensor, Tensor]:
@@ -186,8 +221,7 @@ class _Searcher:
         _, _, h, w = self.images.shape
         boxes = bounding_boxes(_top_pixels(maps, top).view(-1, h, w)).cpu()
         visible = box_masks(boxes, h, w, self.images.device)
-        ok = _cached_passes(self.engine, self.images, image, visible, self.target, self.floor, self.memo,
-                            self.answered)
+        ok = _cached_passes(self.engine, self.images, image, visible, self.target, self.memo, self.answered)
         whole = torch.tensor([0, h, 0, w]).expand_as(boxes)
         return torch.where(ok.cpu()[:, None], boxes, whole), ok | self.full_ok[image]
 
@@ -231,7 +265,7 @@ class _Searcher:
         for start in range(0, len(task), per_chunk):
             t, c = task[start:start + per_chunk], codes[start:start + per_chunk]
             visible = (c[:, None, None] >> labels[t]) & 1 == 1
-            out.append(_cached_passes(self.engine, self.images, img[t], visible, self.target, self.floor, self.memo,
+            out.append(_cached_passes(self.engine, self.images, img[t], visible, self.target, self.memo,
                                       self.answered))
         return torch.cat(out)
 
@@ -262,69 +296,37 @@ def responsibility_map(
     images: Tensor,
     target: Tensor,
     generator: torch.Generator,
-    n_partitions: int | Literal["auto"] = 20,
-    min_size: int = 10,
-    queue_len: int = 1,
-    rule: ResponsibilityRule = "paper",
-    distribution: SplitDistribution = "uniform",
-    dist_args: tuple[float, ...] = (),
-    confidence_filter: float = 0.0,
-    work_budget: int | None = None,
-    cache: bool = True,
-    counts: dict[str, Tensor] | None = None,
-    combination: Combination = "average",
-    max_partitions: int = 40,
-    wave: int = 5,
-    stable_top: float = 0.1,
-    stable_iou: float = 0.9,
-    focus_after: int | None = None,
-    focus_top: float = 0.05,
-    focus_min_size: int | None = None,
-    area_share: bool = True,
+    settings: SearchSettings = SearchSettings(),
+    *,
     full_probs: Tensor | None = None,
-    rank_area_share: bool | None = None,
-    monotone: bool = False,
-    beat_blank: bool = False,
-    blank_fails: bool = False,
+    counts: dict[str, Tensor] | None = None,
 ) -> Tensor:
-    """Algorithms 2-3: responsibility maps (B, H, W) combined over `n_partitions` refined random partitions.
+    """Algorithms 2-3: responsibility maps (B, H, W) combined over `settings.n_partitions` refined random partitions.
 
-    `area_share` True is Algorithm 3, line 6: each pixel of a superpixel P gets R(P) / |P|; False is rex-xai
-    0.4.1's map: each pixel of P gets R(P), so a pixel adds up the responsibilities of its superpixels over the levels.
-    `combination` "average" is Algorithm 3's mean of the partitions' maps; "multiplicative" is rex-xai 0.4.1's
-    default: the product of 1 + each partition's map, renormalised to max 1.
-    `n_partitions` "auto" runs partitions in waves of `wave` (each wave all remaining images' searches together)
-    and stops an image after a wave once the first ceil(`stable_top` x H x W) pixels of its combined map's ranking
-    have IoU >= `stable_iou` with those after its previous wave (so at least two waves), or at `max_partitions`;
+    `n_partitions` "auto" runs partitions in waves of `AUTO_WAVE` (each wave all remaining images' searches
+    together) and stops an image after a wave once the first ceil(`AUTO_TOP` x H x W) pixels of its combined map's
+    ranking have IoU >= `AUTO_IOU` with those after its previous wave (so at least two waves), or at `AUTO_MAX`;
     its map is combined over the partitions it used.
-    `focus_after` k (None: off) is focused refinement after h-Shap: partitions after the first k start from the
-    bounding box of the first ceil(`focus_top` x H x W) pixels of the map so far, everything outside masked, instead
-    of the whole image (which they use where that box alone does not keep the class), refined down to
-    `focus_min_size` pixels (None: `min_size`); with a fixed N the first k and the other N - k partitions run as
-    two waves, with "auto" waves stop at k.
+    `focus_after` k: partitions after the first k start from the bounding box of the map's first ceil(`FOCUS_TOP` x
+    H x W) pixels so far, everything outside masked, instead of the whole image (which they use where that box alone
+    does not keep the class), refined down to `focus_min_size` pixels (None: `min_size`); with a fixed N the first
+    k and the other N - k partitions run as two waves, with "auto" waves stop at k.
     With `cache`, a mutant whose mask was already evaluated for the same image (repeats across partitions, levels
     and waves, children split to nothing) is answered from the cache, not the model: the maps are identical.
-    `monotone` reads each split by Observation 4.6's monotonicity (`implied_outcomes`: a mutant keeping more
-    superpixels than a passing one passes, fewer than a failing one fails): the model is asked about the mutants
-    keeping the most superpixels first and the outcomes that follow from theirs are not asked for; the maps equal
-    the full evaluation's for a monotone model.
-    `beat_blank` makes the search meaningful on an image whose blank image (every pixel masked) already gets the
-    target class, where every mutant passes and the map is zero: there a mutant passes only if its target confidence
-    also exceeds the blank image's (its map then shows what raises the confidence above that baseline); other
-    images keep section 5.1's test (`confidence_filter` of the full image's confidence). `blank_fails` reads such an
-    image as rex-xai 0.4.1 does, which never asks about the empty mutant: the blank image counts as failing, so the
-    superpixels of passing mutants get responsibility.
+    `monotone` reads each split by Observation 4.6 (`implied_outcomes`: a mutant keeping more superpixels than a
+    passing one passes, fewer than a failing one fails): the model is asked about the mutants keeping the most
+    superpixels first and the outcomes that follow from theirs are not asked for; the maps equal the full
+    evaluation's for a monotone model.
+    `blank_fails` reads an image whose blank image (every pixel masked) already gets the target class as rex-xai
+    0.4.1 does, which never asks about the empty mutant: the blank image counts as failing, so the superpixels of
+    passing mutants get responsibility (the paper's reading gives such an image a zero map).
     `counts`, when given, receives per image the mutants "evaluated" by the model, "answered" from the cache and
     "inferred" by `monotone`, and the "partitions" used; without `monotone`, also the "splits" refined and how many
     of them were "non_monotone" (`rex.responsibility.non_monotone`: how far the model is from what `monotone`
-    assumes); with a `rank_area_share` other than `area_share`, also the "ranking" maps (B, H, W):
-    the same partitions combined under that area rule (the same search, so no extra model evaluations). `full_probs`
-    (B, classes), the model's probabilities on the full images when the caller has them, saves asking for them
-    again."""
-    if isinstance(n_partitions, str) and n_partitions != "auto":
-        raise ValueError(f"n_partitions must be an int or 'auto', not {n_partitions!r}")
-    if focus_after is not None and focus_after < 1:
-        raise ValueError(f"focus_after must be None or at least 1, not {focus_after}")
+    assumes). `full_probs` (B, classes), the model's probabilities on the full images when the caller has them,
+    saves asking for them again."""
+    cfg = settings
+    n_partitions = cfg.n_partitions
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
@@ -332,20 +334,12 @@ def responsibility_map(
         probs = engine.probabilities(torch.cat([images, engine.blank(images)]))
     else:
         probs = torch.cat([full_probs.to(dev), engine.probabilities(engine.blank(images))])
-    confidence = probs.gather(1, torch.cat([target, target])[:, None])[:, 0]
-    floor = confidence_filter * confidence[:b]
-    if beat_blank:
-        blank_ok = passes(probs[b:], target, floor, 1.0)
-        above_blank = torch.nextafter(confidence[b:], torch.full_like(confidence[b:], 2.0))
-        floor = torch.where(blank_ok, torch.maximum(floor, above_blank), floor)
-    combined = _Combined(combination, b, h, w, dev)
-    ranked = _Combined(combination, b, h, w, dev) if rank_area_share not in (None, area_share) else None
+    keeps = probs.argmax(1) == torch.cat([target, target])
+    combined = _Combined(cfg.combination, b, h, w, dev)
     searcher = _Searcher(
-        engine, images, target, floor, passes(probs[:b], target, floor, 1.0),
-        passes(probs[b:], target, floor, 1.0) & (not blank_fails),
-        generator, combined, min_size, queue_len, rule, distribution, dist_args, work_budget, {} if cache else None,
-        torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long), torch.zeros(b, 2, dtype=torch.long),
-        area_share, ranked, monotone,
+        engine, images, target, keeps[:b], keeps[b:] & (not cfg.blank_fails), generator, combined, cfg,
+        {} if cfg.cache else None, torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long),
+        torch.zeros(b, 2, dtype=torch.long),
     )
     used = torch.zeros(b, dtype=torch.long, device=dev)
     mutants = torch.zeros(b, dtype=torch.long, device=dev)
@@ -353,48 +347,44 @@ def responsibility_map(
     active = torch.arange(b, device=dev)
     while active.numel() > 0:
         done = int(used[active[0]])
-        n = n_partitions - done if n_partitions != "auto" else min(wave, max_partitions - done)
-        start, run = None, searcher
-        if focus_after is not None and done < focus_after:
-            n = min(n, focus_after - done)
-        elif focus_after is not None:
-            boxes, box_pass = searcher.focus(active, combined.maps(used)[active], focus_top)
+        n = n_partitions - done if n_partitions != "auto" else min(AUTO_WAVE, AUTO_MAX - done)
+        start, min_size = None, None
+        if cfg.focus_after is not None and done < cfg.focus_after:
+            n = min(n, cfg.focus_after - done)
+        elif cfg.focus_after is not None:
+            boxes, box_pass = searcher.focus(active, combined.maps(used)[active], FOCUS_TOP)
             mutants.index_add_(0, active, torch.ones_like(active))
-            start = boxes.repeat_interleave(n, 0), box_pass.repeat_interleave(n)
-            run = replace(searcher, min_size=focus_min_size or min_size)
+            start, min_size = (boxes.repeat_interleave(n, 0), box_pass.repeat_interleave(n)), cfg.focus_min_size
         image_of = active.repeat_interleave(n)
-        mutants.index_add_(0, image_of, run.run(image_of, start))
+        mutants.index_add_(0, image_of, searcher.run(image_of, start, min_size))
         used[active] += n
         if n_partitions != "auto":
             active = active[used[active] < n_partitions]
             continue
-        now = _top_pixels(combined.maps(used)[active], stable_top)
-        settled = _iou(now, top[active]) >= stable_iou
+        now = _top_pixels(combined.maps(used)[active], AUTO_TOP)
+        settled = _iou(now, top[active]) >= AUTO_IOU
         top[active] = now
-        active = active[~settled & (used[active] < max_partitions)]
+        active = active[~settled & (used[active] < AUTO_MAX)]
 
     if counts is not None:
         answered, inferred = searcher.answered, searcher.inferred
         counts["evaluated"] = mutants.cpu() - answered - inferred
         counts["answered"], counts["inferred"] = answered, inferred
-        if not monotone:
+        if not cfg.monotone:
             counts["non_monotone"], counts["splits"] = searcher.broken.unbind(1)
         counts["partitions"] = used.cpu()
-        if ranked is not None:
-            counts["ranking"] = ranked.maps(used).float()
     return combined.maps(used).float()
 
 
 def _cached_passes(
-    engine: QueryEngine, images: Tensor, img: Tensor, visible: Tensor, target: Tensor, floor: Tensor,
+    engine: QueryEngine, images: Tensor, img: Tensor, visible: Tensor, target: Tensor,
     memo: dict[tuple[int, bytes], bool] | None, answered: Tensor,
 ) -> Tensor:
-    """Section 5.1's pass test of mutants (image `img`, mask `visible`), the model asked only for masks not seen
-    before for that image (`memo`: (image, packed mask) -> passed); `floor` (B,) is each image's least passing
-    target confidence; `answered` counts the others per image."""
+    """Section 5.1's pass test of mutants (image `img`, mask `visible`): the mutant keeps the target class; the model
+    is asked only for masks not seen before for that image (`memo`: (image, packed mask) -> passed); `answered`
+    counts the others per image."""
     if memo is None:
-        p = engine.masked_probabilities(images, img, visible)
-        return passes(p, target[img], floor[img], 1.0)
+        return engine.masked_probabilities(images, img, visible).argmax(1) == target[img]
     packed = np.packbits(visible.flatten(1).cpu().numpy(), axis=1)
     keys = [(int(i), row.tobytes()) for i, row in zip(img.tolist(), packed)]
     new: dict[tuple[int, bytes], int] = {}
@@ -404,17 +394,16 @@ def _cached_passes(
     rows = torch.tensor(list(new.values()), dtype=torch.long, device=visible.device)
     if len(rows):
         p = engine.masked_probabilities(images, img[rows], visible[rows])
-        memo.update(zip(new, passes(p, target[img[rows]], floor[img[rows]], 1.0).tolist()))
+        memo.update(zip(new, (p.argmax(1) == target[img[rows]]).tolist()))
     answered.index_add_(0, img.cpu(), torch.ones(len(img), dtype=torch.long))
     answered.index_add_(0, img[rows].cpu(), -torch.ones(len(rows), dtype=torch.long))
     return torch.tensor([memo[key] for key in keys], device=visible.device)
 
 
 def _next_tasks(
-    tasks: _Tasks, children: Tensor, area: Tensor, outcomes: Tensor, go_on: Tensor, queue_len: int, min_size: int,
-    h: int, w: int,
+    tasks: _Tasks, children: Tensor, area: Tensor, outcomes: Tensor, go_on: Tensor, min_size: int, h: int, w: int,
 ) -> _Tasks:
-    """Algorithm 2, lines 5-8 with section 5.2: queue the `queue_len` smallest passing mutants of each search
+    """Algorithm 2, lines 5-8 with section 5.2: queue the `_QUEUE_LEN` smallest passing mutants of each search
     and refine each of their superpixels while the others stay at their original values."""
     dev = tasks.context.device
     subsets = MUTANT_SUBSETS.to(dev)
@@ -430,7 +419,7 @@ def _next_tasks(
     first = torch.searchsorted(grouped, grouped, side="left")
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order), device=dev) - first
-    chosen = (cand.flatten() & (rank < queue_len)).view(t_count, len(subsets))
+    chosen = (cand.flatten() & (rank < _QUEUE_LEN)).view(t_count, len(subsets))
 
     t_idx, s_idx = chosen.nonzero(as_tuple=True)
     subset = subsets[s_idx]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from models.queries import QueryEngine
-from rex.extraction import Extraction, ExtractionMethod, extract_by, full_image_confidence
+from rex.extraction import Extraction, extract, full_image_confidence
 from rex.search import passes
 
 
@@ -83,7 +83,6 @@ def spatial_extract(
     min_confidence: float = 0.0,
     candidates: int = 32,
     full_confidence: Tensor | None = None,
-    method: ExtractionMethod = "search",
     step: int = 1,
     check: int | None = 64,
     radius: int = 25,
@@ -91,7 +90,7 @@ def spatial_extract(
 ) -> Extraction:
     """rex-xai's spatial explanation: a circle of `radius` pixels around each map's maximum (first on ties), grown by
     `growth` (20 %) per step until its pixels alone keep the class, then the smallest sufficient prefix of the map's
-    ranking inside it (Algorithm 3, lines 10-17, by `method` in steps of `step` pixels, see `extract_by`)."""
+    ranking inside it (Algorithm 3, lines 10-17, in steps of `step` pixels, see `extract`)."""
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)
@@ -101,6 +100,5 @@ def spatial_extract(
     centre = torch.stack([peak // w, peak % w], 1)
     circle, _, circles = sufficient_circles(engine, images, torch.arange(b, device=dev), centre, target,
                                             full_confidence, min_confidence, radius, growth)
-    ex = extract_by(method, engine, images, maps, target, circle, min_confidence, candidates, full_confidence, step,
-                    check)
+    ex = extract(engine, images, maps, target, circle, min_confidence, candidates, full_confidence, step, check)
     return Extraction(mask=ex.mask, found=ex.found, evaluated=evaluated + circles + ex.evaluated)

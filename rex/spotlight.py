@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from models.queries import QueryEngine
-from rex.extraction import Extraction, ExtractionMethod, extract_by, full_image_confidence
+from rex.extraction import Extraction, extract, full_image_confidence
 from rex.spatial import sufficient_circles
 
 #: The Dice rule enumerates every subset of the explanations.
@@ -72,7 +72,6 @@ def spotlight_explanations(
     min_confidence: float = 0.0,
     candidates: int = 32,
     full_confidence: Tensor | None = None,
-    method: ExtractionMethod = "search",
     step: int = 1,
     check: int | None = 64,
     radius: int = 25,
@@ -83,7 +82,7 @@ def spotlight_explanations(
     """rex-xai's `--multi k`: the global explanation and k - 1 spotlights (spatial searches of at most `expansions`
     circles from a random centre, up to `budget` + 1 distinct centres each), of which `dice_separation` keeps the
     largest compatible set: masks (B, k, 1, H, W), the kept ones first in their search order, found (B, k); each
-    explanation extracted by `method` in steps of `step` pixels (`extract_by`)."""
+    explanation extracted in steps of `step` pixels (`extract`)."""
     if k < 1 or budget < 0:
         raise ValueError(f"spotlight search needs k >= 1 and budget >= 0; got k={k}, budget={budget}")
     b, _, h, w = images.shape
@@ -107,8 +106,8 @@ def spotlight_explanations(
         evaluated.index_add_(0, img[todo], tried)
     circle = circle.view(b, n_spot, h, w)
     regions = [None] + [circle[:, j] for j in range(n_spot)]
-    exs = [extract_by(method, engine, images, maps, target, region, min_confidence, candidates, full_confidence, step,
-                      check) for region in regions]
+    exs = [extract(engine, images, maps, target, region, min_confidence, candidates, full_confidence, step, check)
+           for region in regions]
     evaluated += sum(ex.evaluated for ex in exs)
     masks = torch.stack([ex.mask for ex in exs], 1)
     keep = dice_separation(masks, torch.stack([ex.found for ex in exs], 1), permitted_overlap)

@@ -17,7 +17,7 @@ import explainers
 from evaluation import load_image
 from tests.conftest import tiny_stage_args
 
-SMALL = ["--option", "rex.n_partitions=2", "--option", "rex.min_size=32", "--option", "rise.n_masks=32",
+SMALL = ["--option", "rex.n_partitions=2", "--option", "rex.preset=fast", "--option", "rise.n_masks=32",
          "--steps", "8"]
 DATA = ["--data", "classifier_synthetic", "--limit", "4", "--data-arg", "img_size=32", "--data-arg", "n_test=6",
         "--data-arg", "occluders=1"]

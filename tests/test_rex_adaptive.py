@@ -55,17 +55,31 @@ def _one_level_maps(seed: int, waves: list[int], size: int = H) -> torch.Tensor:
     return rex.box_masks(first, size, size).double() / rex.box_area(first)[:, None, None].double()
 
 
+#: the search's constants for `n_partitions` "auto", by the names these tests give them
+_AUTO = {"wave": "AUTO_WAVE", "max_partitions": "AUTO_MAX", "stable_top": "AUTO_TOP", "stable_iou": "AUTO_IOU"}
+
+
+@pytest.fixture
+def auto_constants(monkeypatch):
+    """Set some of the search's "auto" constants: `auto_constants(wave=3, ...)`."""
+    def set_(**values):
+        for name, value in values.items():
+            monkeypatch.setattr(rex.search, _AUTO[name], value)
+    return set_
+
+
 def _auto(model, images, target, seed=0, **kw):
     counts = {}
-    maps = responsibility_map(QueryEngine(model, 64), images, target, torch.Generator().manual_seed(seed), "auto",
-                              counts=counts, **kw)
+    maps = responsibility_map(QueryEngine(model, 64), images, target, torch.Generator().manual_seed(seed),
+                              rex.SearchSettings(n_partitions="auto", **kw), counts=counts)
     return maps, counts
 
 
-def test_auto_averages_or_multiplies_the_partitions_of_each_wave(one_thread):
+def test_auto_averages_or_multiplies_the_partitions_of_each_wave(one_thread, auto_constants):
     x = torch.ones(1, 3, H, W)
     one = torch.tensor([1])
-    never = {"min_size": 10**6, "wave": 3, "max_partitions": 7, "stable_iou": 1.01}
+    auto_constants(wave=3, max_partitions=7, stable_iou=1.01)
+    never = {"min_size": 10**6}
     per_partition = _one_level_maps(2, [3, 3, 1])
     avg, counts = _auto(CornerModel(), x, one, seed=2, **never)
     assert counts["partitions"].tolist() == [7]
@@ -75,28 +89,32 @@ def test_auto_averages_or_multiplies_the_partitions_of_each_wave(one_thread):
     assert torch.allclose(mul[0].double(), product / product.max(), rtol=1e-6, atol=0) and mul.max() == 1
 
 
-def test_auto_with_one_full_wave_is_the_fixed_number(one_thread):
+def test_auto_with_one_full_wave_is_the_fixed_number(one_thread, auto_constants):
     x, target = _image().repeat(2, 1, 1, 1), torch.tensor([1, 1])
-    fixed = responsibility_map(QueryEngine(RegionModel(True)), x, target, torch.Generator().manual_seed(4), 4)
-    auto, counts = _auto(RegionModel(True), x, target, seed=4, wave=4, max_partitions=4)
+    fixed = responsibility_map(QueryEngine(RegionModel(True)), x, target, torch.Generator().manual_seed(4),
+                               rex.SearchSettings(n_partitions=4))
+    auto_constants(wave=4, max_partitions=4)
+    auto, counts = _auto(RegionModel(True), x, target, seed=4)
     assert torch.equal(auto, fixed) and counts["partitions"].tolist() == [4, 4]
 
 
-def test_auto_stops_each_image_when_its_top_pixels_settle(one_thread):
+def test_auto_stops_each_image_when_its_top_pixels_settle(one_thread, auto_constants):
     x = torch.cat([torch.full((1, 3, H, W), 0.2), _image()])  # the first image never shows class 1: a flat map
-    options = {"wave": 3, "max_partitions": 7, "stable_top": 0.5, "stable_iou": 1.0}
-    maps, counts = _auto(RegionModel(True), x, torch.tensor([1, 1]), **options)
+    auto_constants(wave=3, max_partitions=7, stable_top=0.5, stable_iou=1.0)
+    maps, counts = _auto(RegionModel(True), x, torch.tensor([1, 1]))
     assert counts["partitions"].tolist() == [6, 7]  # settled at the second wave / capped with a last wave of 1
     assert (maps[0] == 0).all() and maps[1].max() > 0
-    again, _ = _auto(RegionModel(True), x, torch.tensor([1, 1]), **options)
+    again, _ = _auto(RegionModel(True), x, torch.tensor([1, 1]))
     assert torch.equal(maps, again)
-    _, counts = _auto(RegionModel(True), x, torch.tensor([1, 1]), **{**options, "stable_iou": 0.0})
+    auto_constants(stable_iou=0.0)
+    _, counts = _auto(RegionModel(True), x, torch.tensor([1, 1]))
     assert counts["partitions"].tolist() == [3, 3]  # IoU >= 0 holds after the first wave
 
 
-def test_the_mutant_cache_spans_waves(one_thread):
+def test_the_mutant_cache_spans_waves(one_thread, auto_constants):
     x = torch.ones(1, 3, 3, 3)  # split points 1 or 2 each way: 4 partitions at most, so 6 repeat some
-    options = {"min_size": 10**6, "wave": 1, "max_partitions": 6, "stable_iou": 1.01}
+    auto_constants(wave=1, max_partitions=6, stable_iou=1.01)
+    options = {"min_size": 10**6}
     with CallCounter(model := CornerModel()) as calls:
         cached, counts = _auto(model, x, torch.tensor([1]), **options)
     plain, plain_counts = _auto(CornerModel(), x, torch.tensor([1]), cache=False, **options)
@@ -170,23 +188,22 @@ def test_extraction_sends_each_prefix_once_and_counts_it(one_thread):
     assert rex.scan(QueryEngine(model), x, maps, two, full_confidence=torch.ones(2)).evaluated.tolist() == [128, 128]
 
 
-def test_rex_reports_partitions_and_every_model_evaluation(one_thread):
+def test_rex_reports_partitions_and_every_model_evaluation(one_thread, auto_constants):
     model = RegionModel(need_both=True)
     x = _image().repeat(2, 1, 1, 1)
-    for options in ({"n_partitions": 3}, {"n_partitions": "auto", "wave": 2, "max_partitions": 4},
-                    {"n_partitions": 3, "extraction": "scan"}, {"n_partitions": 3, "n_explanations": 2}):
+    auto_constants(wave=2, max_partitions=4)
+    for options in ({"n_partitions": 3}, {"n_partitions": "auto"}, {"n_partitions": 3, "preset": "fast"},
+                    {"n_partitions": 3, "n_explanations": 2}):
         with CallCounter(model) as calls:
             res = rex.ReX(**options).explain(model, x)
         assert calls.images == res.model_evaluated.sum()
-    search, scan = (rex.ReX(n_partitions=3, extraction=e).explain(model, x) for e in ("search", "scan"))
-    assert torch.equal(search.explanations, scan.explanations)
-    e = explainers.get("rex")(model, x, n_partitions="auto", wave=2, max_partitions=4)
+    e = explainers.get("rex")(model, x, n_partitions="auto")
     assert {"partitions", "extraction_evaluations", "model_evaluations"} <= set(e.scores)
     assert e.scores["partitions"].tolist() == [4, 4]  # two waves at least, and the cap
     total = e.scores["model_evaluations"]
     assert torch.equal(total, 2 + e.scores["mutants_evaluated"] + e.scores["extraction_evaluations"])  # full, blank
     assert e.model_images == total.sum()
-    for bad, match in (({"n_partitions": "many"}, "n_partitions"), ({"combination": "sum"}, "combination"),
-                       ({"extraction": "fast"}, "extraction")):
+    for bad, match in (({"n_partitions": "many"}, "n_partitions"), ({"n_partitions": 0}, "n_partitions"),
+                       ({"preset": "quick"}, "preset"), ({"combination": "sum"}, "combination")):
         with pytest.raises(ValueError, match=match):
             rex.ReX(**bad)

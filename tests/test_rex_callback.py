@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from datamodules import SyntheticDataModule
 from rex import ReX, ReXCallback
 
-REX = {"n_partitions": 2, "min_size": 32}
+REX = {"n_partitions": 2, "preset": "fast"}
 
 
 def _run(tiny_classifier, tmp_path, logger):

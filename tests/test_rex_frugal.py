@@ -15,8 +15,14 @@ H = W = 16
 def _map(model, x, n, seed=0, **kw):
     counts = {}
     maps = responsibility_map(QueryEngine(model, 64), x, torch.ones(len(x), dtype=torch.long),
-                              torch.Generator().manual_seed(seed), n, counts=counts, **kw)
+                              torch.Generator().manual_seed(seed), rex.SearchSettings(n_partitions=n, **kw),
+                              counts=counts)
     return maps, counts
+
+
+def _paper(**changes):
+    """The paper preset with some search or extraction settings changed."""
+    return rex.PRESETS["paper"].but(**changes)
 
 
 def test_area_share_off_gives_each_pixel_its_superpixels_responsibility(one_thread):
@@ -48,24 +54,26 @@ def test_bounding_boxes():
     assert bounding_boxes(masks).tolist() == [[2, 3, 3, 4], [1, 6, 2, 7], [0, 6, 0, 7]]
 
 
-def test_focused_partitions_stay_in_the_box_of_the_top_pixels(one_thread):
+def test_focused_partitions_stay_in_the_box_of_the_top_pixels(one_thread, monkeypatch):
     x = _image()
+    monkeypatch.setattr(rex.search, "FOCUS_TOP", 0.02)
     first, c_first = _map(RegionModel(False), x, 2, seed=3)
-    focused, c_focus = _map(RegionModel(False), x, 5, seed=3, focus_after=2, focus_top=0.02)
+    focused, c_focus = _map(RegionModel(False), x, 5, seed=3, focus_after=2)
     later = 5 * focused[0].double() - 2 * first[0].double()  # what the three focused partitions added
     box = rex.box_masks(bounding_boxes(rex.search._top_pixels(first, 0.02).view(1, H, W))[0], H, W)
     assert later[box].max() > 0 and later[~box].abs().max() < 1e-6
     assert box.sum() < H * W
-    assert torch.equal(focused, _map(RegionModel(False), x, 5, seed=3, focus_after=2, focus_top=0.02)[0])
+    assert torch.equal(focused, _map(RegionModel(False), x, 5, seed=3, focus_after=2)[0])
 
 
-def test_focus_falls_back_to_the_whole_image_where_the_box_fails(one_thread):
+def test_focus_falls_back_to_the_whole_image_where_the_box_fails(one_thread, monkeypatch):
     x = _image()
+    monkeypatch.setattr(rex.search, "FOCUS_TOP", 0.01)
     first, _ = _map(RegionModel(True), x, 1, seed=0)
     top = rex.search._top_pixels(first, 0.01).view(1, H, W)
     box = rex.box_masks(bounding_boxes(top)[0], H, W)
     assert not (box[REGION_A].all() and box[REGION_B].all())  # both regions are needed: the box alone fails
-    focused, _ = _map(RegionModel(True), x, 3, seed=0, focus_after=1, focus_top=0.01)
+    focused, _ = _map(RegionModel(True), x, 3, seed=0, focus_after=1)
     later = 3 * focused[0].double() - first[0].double()
     assert later[~box].abs().max() > 1e-3
 
@@ -77,7 +85,7 @@ def test_focus_counts_its_box_test_and_keeps_the_unfocused_map(one_thread):
     assert torch.equal(plain, same)
     model = RegionModel(False)
     with CallCounter(model) as calls:
-        res = rex.ReX(n_partitions=4, focus_after=2, seed=5).explain(model, x)
+        res = rex.ReX(n_partitions=4, preset=_paper(focus_after=2), seed=5).explain(model, x)
     assert calls.images == res.model_evaluated.sum()
     with pytest.raises(ValueError, match="focus_after"):
         _map(RegionModel(False), x, 4, focus_after=0)
@@ -98,22 +106,9 @@ def test_tie_break_changes_the_explanation_not_the_map(one_thread):
     model = RegionModel(need_both=False)
     x = _image()
     plain = rex.ReX(n_partitions=3, seed=1).explain(model, x)
-    tied = rex.ReX(n_partitions=3, seed=1, tie_sigma=2.0).explain(model, x)
+    tied = rex.ReX(n_partitions=3, seed=1, preset=_paper(tie_sigma=2.0)).explain(model, x)
     assert torch.equal(plain.maps, tied.maps)
     assert tied.found.all() and tied.explanations.sum() <= plain.explanations.sum()
-
-
-def test_rank_area_share_returns_one_rules_maps_and_extracts_by_the_others(one_thread):
-    model, x = RegionModel(need_both=True), _image()
-    shared = rex.ReX(n_partitions=4, seed=5).explain(model, x)
-    whole = rex.ReX(n_partitions=4, seed=5, area_share=False).explain(model, x)
-    mixed = rex.ReX(n_partitions=4, seed=5, rank_area_share=False).explain(model, x)
-    assert not torch.equal(shared.explanations, whole.explanations)  # the two rules rank pixels differently here
-    assert torch.equal(mixed.maps, shared.maps)
-    assert torch.equal(mixed.explanations, whole.explanations)
-    assert torch.equal(mixed.model_evaluated, whole.model_evaluated)  # the second map costs no model evaluation
-    assert torch.equal(rex.ReX(n_partitions=4, seed=5, rank_area_share=True).explain(model, x).explanations,
-                       shared.explanations)
 
 
 def test_implied_outcomes_follow_monotonicity_and_leave_conflicts_undecided():
@@ -154,8 +149,8 @@ def test_monotone_reading_gives_the_full_evaluations_maps_for_fewer_model_calls(
     runs = {}
     for monotone in (False, True):
         counts = {}
-        maps = responsibility_map(QueryEngine(model, 64, mask_value=0.0), x, target,
-                                  torch.Generator().manual_seed(3), 6, 4, counts=counts, monotone=monotone)
+        maps = responsibility_map(QueryEngine(model, 64, mask_value=0.0), x, target, torch.Generator().manual_seed(3),
+                                  rex.SearchSettings(n_partitions=6, min_size=4, monotone=monotone), counts=counts)
         runs[monotone] = maps, counts
     (full, full_counts), (mono, mono_counts) = runs[False], runs[True]
     assert full.amax() > 0 and torch.equal(mono, full)
@@ -204,17 +199,6 @@ class _BlankKeepsClass(torch.nn.Module):
         return torch.stack([torch.zeros_like(a), 1 + 3 * a], 1)
 
 
-def test_beat_blank_refines_images_whose_blank_image_keeps_the_class(one_thread):
-    x = _image()
-    plain, _ = _map(_BlankKeepsClass(), x, 3)
-    assert not plain.any()  # every mutant keeps the class: no superpixel is a cause
-    maps, counts = _map(_BlankKeepsClass(), x, 3, beat_blank=True)
-    on_a, on_b = maps[0, REGION_A[0], REGION_A[1]], maps[0, REGION_B[0], REGION_B[1]]
-    assert on_a.amax() == maps.amax() and on_a.amin() > on_b.amax() and counts["evaluated"].item() > 3 * 14
-    model = RegionModel(need_both=True)  # its blank image loses the class: the option changes nothing
-    assert torch.equal(_map(model, x, 3, beat_blank=True)[0], _map(model, x, 3)[0])
-
-
 def test_prune_drops_every_cell_the_class_does_not_need_least_responsible_first(one_thread):
     x = _image()
     maps = torch.zeros(1, H, W)
@@ -252,9 +236,9 @@ def test_explanation_first_ranks_the_explanation_first_in_its_own_order():
 def test_rex_prune_cell_gives_a_smaller_sufficient_explanation_that_leads_its_map(one_thread):
     x = _image()
     model = RegionModel(need_both=False)
-    options = {"n_partitions": 3, "seed": 1, "mask_value": 0.0, "min_size": 40}
-    plain = rex.ReX(**options).explain(model, x)
-    pruned = rex.ReX(prune_cell=2, explanation_first=True, **options).explain(model, x)
+    options = {"n_partitions": 3, "seed": 1, "mask_value": 0.0}
+    plain = rex.ReX(preset=_paper(min_size=40), **options).explain(model, x)
+    pruned = rex.ReX(preset=_paper(min_size=40, explanation_first=True), prune_cell=2, **options).explain(model, x)
     assert torch.equal(pruned.mutants_evaluated, plain.mutants_evaluated)
     assert pruned.explanations.sum() < plain.explanations.sum()
     assert pruned.extraction_evaluated.item() > plain.extraction_evaluated.item()
@@ -266,7 +250,7 @@ def test_rex_prune_cell_gives_a_smaller_sufficient_explanation_that_leads_its_ma
     with pytest.raises(ValueError, match="prune_cell"):
         rex.ReX(prune_cell=2, explanation="contrastive")
     with pytest.raises(ValueError, match="prune_cell"):
-        rex.ReX(prune_cell=0)
+        rex.ReX(prune_cell=-1)
 
 
 class _BlankLosesClass(_BlankKeepsClass):
@@ -285,8 +269,6 @@ def test_blank_fails_reads_the_blank_image_as_failing(one_thread):
     assert not _map(_BlankKeepsClass(), x, 3)[0].any()
     model = RegionModel(need_both=True)  # its blank image loses the class: the option changes nothing
     assert torch.equal(_map(model, x, 3, blank_fails=True)[0], _map(model, x, 3)[0])
-    with pytest.raises(ValueError, match="choose one"):
-        rex.ReX(beat_blank=True, blank_fails=True)
 
 
 def test_confidence_map_is_the_mean_probability_kept_minus_masked():
@@ -304,7 +286,7 @@ def test_confidence_map_is_the_mean_probability_kept_minus_masked():
 
 def test_rex_confidence_weight_breaks_ties_at_no_extra_evaluations(one_thread):
     x, model = _image(), RegionModel(need_both=False)
-    options = {"n_partitions": 3, "seed": 1, "mask_value": 0.0, "min_size": 40}
+    options = {"n_partitions": 3, "seed": 1, "mask_value": 0.0, "preset": _paper(min_size=40)}
     plain = rex.ReX(**options).explain(model, x)
     graded = rex.ReX(confidence_weight=0.5, **options).explain(model, x)
     assert torch.equal(graded.model_evaluated, plain.model_evaluated)
