@@ -44,9 +44,14 @@ def _onnx_session(model: nn.Module, images: Tensor) -> Any:
         with tempfile.TemporaryDirectory(prefix="query-engine-onnx-") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
             path = os.path.join(tmp, "model.onnx")
-            torch.onnx.export(model, (images[:1].float(),), path, dynamo=False, input_names=["images"],
-                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                              training=torch.onnx.TrainingMode.PRESERVE)
+            example = images[:2].float()
+            export = dict(dynamo=False, input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          training=torch.onnx.TrainingMode.PRESERVE)
+            try:
+                torch.onnx.export(model, (example,), path, **export)
+            except RuntimeError:  # a module around a loaded TorchScript file (a black box): export its trace
+                torch.onnx.export(torch.jit.trace(model, example), (example,), path, **export)
             sessions[key] = ort.InferenceSession(path, options, providers=[(provider, device_options)])
     return sessions[key]
 

@@ -89,7 +89,7 @@ class ReXConfig:
             raise ValueError(f"n_explanations must be at least 1, and more than 1 needs explanation 'global'; got "
                              f"n_explanations={self.n_explanations}, explanation={self.explanation!r}")
         if self.engine not in get_args(QueryBackend):
-            raise ValueError(f"unknown ReX engine {self.engine!r}; known: {list(get_args(QueryBackend))}")
+            raise ValueError(f"unknown query engine {self.engine!r}; known: {list(get_args(QueryBackend))}")
         if self.prune_cell is not None and self.prune_cell < 0:
             raise ValueError(f"prune_cell must be 0 (off), a cell size >= 1 or None (the preset's), not "
                              f"{self.prune_cell}")

@@ -18,7 +18,7 @@ FAST = {
     "integrated_gradients": {"n_steps": 4},
     "smoothgrad": {"nt_samples": 2, "n_steps": 2},
     "gradient_shap": {"n_samples": 2, "n_baselines": 2},
-    "rex": {"n_partitions": 1, "min_size": 64},
+    "rex": {"n_partitions": 1, "preset": "fast"},
 }
 VIT_ONLY = {"attention_rollout"}
 discover()

@@ -45,7 +45,7 @@ def test_ddp_evaluation_equals_one_process_on_an_odd_test_set(tmp_path):
     base = yaml.safe_load((ROOT / "configs" / "classifier_synthetic.yaml").read_text())
     base["trainer"]["callbacks"] = [{"class_path": "rex.ReXCallback", "init_args": {
         "num_images": 7, "batch_size": 2, "num_log": 1, "run_after_fit": False,
-        "rex": {"n_partitions": 2, "min_size": 32}}}]
+        "rex": {"n_partitions": 2, "preset": "fast"}}}]
     config.write_text(yaml.safe_dump(base))
     one = _evaluate(tmp_path, ckpt["last_checkpoint"], str(config), "one", 1)
     two = _evaluate(tmp_path, ckpt["last_checkpoint"], str(config), "two", 2)

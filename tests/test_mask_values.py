@@ -127,8 +127,9 @@ def test_models_own_named_mask_value_and_rex_with_it_are_reproducible():
     images = torch.zeros(2, 3, 16, 16)
     images[:, :, 2:6, 2:6] = 1.0
     assert QueryEngine(Bright()).blank(images).unique().tolist() == [16 / 256]
-    first = rex.ReX(n_partitions=3, min_size=4, mask_value="noise", seed=2).explain(Bright(), images)
-    again = rex.ReX(n_partitions=3, min_size=4, mask_value="noise", seed=2).explain(Bright(), images)
+    fine = {"n_partitions": 3, "preset": rex.PRESETS["paper"].but(min_size=4)}
+    first = rex.ReX(**fine, mask_value="noise", seed=2).explain(Bright(), images)
+    again = rex.ReX(**fine, mask_value="noise", seed=2).explain(Bright(), images)
     assert torch.equal(first.maps, again.maps) and torch.equal(first.explanations, again.explanations)
-    by_model = rex.ReX(n_partitions=3, min_size=4).explain(Bright(), images)
+    by_model = rex.ReX(**fine).explain(Bright(), images)
     assert by_model.target.tolist() == [1, 1] and bool(by_model.found.all())

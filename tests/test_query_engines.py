@@ -88,7 +88,7 @@ def test_engine_probabilities_equal_eager(make, engine, one_thread):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_rex_maps_are_identical_under_every_engine(engine, one_thread):
     model, images = RegionScore().eval(), _region_image()
-    options = {"n_partitions": 4, "min_size": 4, "mask_value": 0.0, "seed": 3}
+    options = {"n_partitions": 4, "preset": rex.PRESETS["paper"].but(min_size=4), "mask_value": 0.0, "seed": 3}
     eager = rex.ReX(**options).explain(model, images)
     other = rex.ReX(**options, engine=engine).explain(model, images)
     assert eager.target.tolist() == [1] and bool(eager.found.all())
