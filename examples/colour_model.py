@@ -5,6 +5,11 @@ Four classes, red, green, blue and grey: a fixed 1x1 convolution scores how much
 mean of the other two, a ReLU keeps the excess, and the global average (x 40) is the colour's logit; grey has the
 constant logit 1 (no colour dominates), which is also what a fully masked (black) image gets. Its true explanation
 is known: the pixels of the predicted colour, so the maps can be checked by eye.
+
+`make_red` is its two-class variant, red against not red, at 128 px
+(`python explain.py --model examples.colour_model:make_red --images photo.jpg --method rex`): the red logit as above,
+"not red" the constant logit 1, so an image is red when its mean red excess (red minus the mean of green and blue,
+less 0.05, where positive) passes 1 / 40; a fully masked (black) image is "not red".
 """
 import torch
 from torch import nn
@@ -30,3 +35,19 @@ class DominantColour(nn.Module):
 def make() -> nn.Module:
     """The factory explain.py calls."""
     return DominantColour()
+
+
+class RedOrNot(DominantColour):
+    """Two classes: red, and not red (the constant logit 1)."""
+
+    class_names = ["red", "not red"]
+    img_size = 128
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        red = 40 * torch.relu(self.features(images)[:, :1]).mean((2, 3))
+        return torch.cat([red, torch.ones_like(red)], 1)
+
+
+def make_red() -> nn.Module:
+    """The two-class factory: red against not red, 128 px."""
+    return RedOrNot()
