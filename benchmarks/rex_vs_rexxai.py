@@ -9,8 +9,7 @@ Rows: ours at N = 5, 10, 20 and adaptive (`n_partitions: auto`) on the eager eng
 cache, N = 3, 5, 10 with a frugal extraction (8 candidate sizes per round, a check of 16 below), a frugal search
 (N = 6 near-central splits down to 160 px, rex-xai's unshared superpixel responsibility, ties broken by a blurred
 map, frugal extraction), a focused frugal search (coarser, 256 px, the last of 6 partitions refined inside the top
-pixels' box, h-Shap) and the same with 2 of 5 partitions focused, N = 5 of the frugal search returning Algorithm 3's
-maps while extracting by rex-xai's (with binomial or wider beta-binomial split points), N = 20 with the
+pixels' box, h-Shap) and the same with 2 of 5 partitions focused, pruned and graded variants, N = 20 with the
 tie-break and the frugal extraction, and N = 20 and adaptive on the compile and onnx engines; rex-xai 0.4.1 at N =
 5, 10, 20 on ONNX Runtime, the way its users run it (an exported `.onnx` model through its own
 `get_prediction_function`, CPU provider, its default session options), and at N = 20 on the same torch model
@@ -41,6 +40,7 @@ intervals, the per-image values (`X.json`) and a picture of the curve (`X.png`) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -167,11 +167,26 @@ def _rexxai(args: argparse.Namespace, model_path: str, images_path: str, n: int,
             "explanations": saved["explanations"], "found": torch.ones(len(records), dtype=torch.bool)}
 
 
+def _rex_options(row: dict) -> dict:
+    """A row's options as ReX takes them: its public options as they are, its other settings (`min_size`,
+    `tie_sigma`, ...) as changes to its preset, `paper` where the row names none (the rows of the tuning history
+    are Algorithm 3's settings with changes)."""
+    from rex import PRESETS, ReXConfig
+
+    public = {f.name for f in dataclasses.fields(ReXConfig)}
+    options = {k: v for k, v in row.items() if k in public}
+    options.setdefault("preset", "paper")
+    settings = {k: v for k, v in row.items() if k not in public}
+    if settings:
+        options["preset"] = PRESETS[options["preset"]].but(**settings)
+    return options
+
+
 def _ours(model: nn.Module, images: torch.Tensor, options: dict) -> dict:
     """Our ReX on all images in one batch: per-image evaluations, wall seconds, maps and explanations."""
     from explainers import get
 
-    e = get("rex")(model, images, **options)
+    e = get("rex")(model, images, **_rex_options(options))
     n = len(images)
     return {"seconds": [e.seconds / n] * n, "evaluations": e.scores["model_evaluations"].tolist(),
             "target": e.target.cpu(), "maps": e.maps.float().cpu(), "explanations": e.explanation[:, 0].cpu(),
@@ -352,8 +367,6 @@ def _git_commit() -> str:
 
 def _preset_settings(options: dict) -> dict | None:
     """The settings a row's `preset` stands for at this commit (`rex.presets.PRESETS`), for the JSON record."""
-    import dataclasses
-
     name = options.get("preset")
     if not isinstance(name, str):
         return None
@@ -524,33 +537,17 @@ def main() -> None:
             "n_partitions": 6, "min_size": 256, "focus_after": 5, "focus_min_size": 40, "tie_sigma": 3.0, **frugal}
         ours["ours, N = 5, eager, frugal search, focused early"] = {
             "n_partitions": 5, "min_size": 160, "focus_after": 3, "focus_min_size": 40, "tie_sigma": 2.0, **frugal}
-        ours["ours, N = 5, eager, frugal search, Algorithm 3 maps"] = {
-            "n_partitions": 5, "min_size": 100, "distribution": "binom", "area_share": True, "rank_area_share": False,
-            "tie_sigma": 2.0, "candidates": 6, "check": 12}
-        ours["ours, N = 5, eager, diverse frugal search, Algorithm 3 maps"] = {
-            "n_partitions": 5, "min_size": 130, "distribution": "betabinom", "dist_args": (3.0, 3.0),
-            "area_share": True, "rank_area_share": False, "tie_sigma": 3.0, "candidates": 5, "check": 8}
         ours["ours, N = 5, eager, fine frugal search"] = {
             "n_partitions": 5, "min_size": 80, "distribution": "binom", "tie_sigma": 2.0, "candidates": 6, "check": 12}
-        monotone = {"distribution": "binom", "tie_sigma": 2.0, "monotone": True, "beat_blank": True}
-        for n, after in ((7, 4), (9, 5)):
-            ours[f"ours, N = {n}, eager, monotone frugal search, focused"] = {
-                "n_partitions": n, "min_size": 160, "focus_after": after, "focus_min_size": 40, "area_share": False,
-                "candidates": 8, "check": 16, **monotone}
-        ours["ours, N = 9, eager, monotone frugal search, Algorithm 3 maps"] = {
-            "n_partitions": 9, "min_size": 100, "area_share": True, "rank_area_share": False, "candidates": 6,
-            "check": 12, **monotone}
         ours["ours, N = 5, eager, monotone search"] = {
             "n_partitions": 5, "min_size": 20, "monotone": True, "tie_sigma": 2.0, "candidates": 8, "check": 0}
         pruned = {"prune_cell": 8, "explanation_first": True}
-        for name in ("N = 7, eager, monotone frugal search, focused", "N = 9, eager, monotone frugal search, focused",
-                     "N = 9, eager, monotone frugal search, Algorithm 3 maps", "N = 5, eager, monotone search"):
-            ours[f"ours, {name}, pruned"] = {**ours[f"ours, {name}"], **pruned}
+        ours["ours, N = 5, eager, monotone search, pruned"] = {**ours["ours, N = 5, eager, monotone search"], **pruned}
         for n in (5, 10):
             ours[f"ours, N = {n}, eager, pruned, default search"] = {"n_partitions": n, "tie_sigma": 2.0, **pruned}
         ours["ours, N = 5, eager, frugal search, focused early, pruned"] = {
             **ours["ours, N = 5, eager, frugal search, focused early"], **pruned}
-        graded = {"beat_blank": False, "blank_fails": True, "confidence_weight": 0.3}
+        graded = {"blank_fails": True, "confidence_weight": 0.3}
         for name in [n for n in ours if n.endswith(", pruned")]:
             ours[f"{name}, graded"] = {**ours[name], **graded}
         ours["ours, N = 20, eager, tie-broken, frugal extraction"] = {
@@ -615,30 +612,21 @@ def main() -> None:
         "rex-xai), `tie_sigma: 2` (the extraction breaks ties by a blurred map) and the frugal extraction; focused = "
         "the same with `min_size: 256`, `tie_sigma: 3` and `focus_after: 5, focus_min_size: 40` (the last of 6 "
         "partitions refines the box of the map's top 5 % down to 40 px; chosen on scenes 32-127); focused early = "
-        "N = 5 with `focus_after: 3` (the last 2 partitions focused); Algorithm 3 maps = N = 5, `distribution: binom`, "
-        "`min_size: 100`, maps by Algorithm 3's share R(P) / |P| (`area_share: true`) while the extraction ranks by "
-        "rex-xai's whole responsibility (`rank_area_share: false`, the same search), `tie_sigma: 2`, 6 prefix sizes "
-        "per round and a check of 12 (chosen for the trained CNN on its scenes 32-127); diverse = the same with split "
-        "points from a beta-binomial (3, 3) (wider spread than the binomial: more varied partitions), `min_size: 130`, "
-        "`tie_sigma: 3`, 5 prefix sizes per round and a check of 8 (chosen likewise); fine frugal search = N = 5, "
+        "N = 5 with `focus_after: 3` (the last 2 partitions focused); fine frugal search = N = 5, "
         "`distribution: binom`, `min_size: 80`, `area_share: true` (Algorithm 3), `tie_sigma: 2`, 6 prefix sizes "
         "per round and a check of 12 (chosen for the trained CNN on its scenes 0-31); tie-broken = `tie_sigma: 2`. "
-        "Monotone = `monotone: true` (each split's mutants asked largest first; those whose outcome follows from "
-        "the others' by monotonicity, Observation 4.6, are inferred, not asked) and `beat_blank: true` (an image "
-        "whose blank image already gets the class is refined by the confidence above the blank image's); monotone "
-        "focused = N = 7 or 9 with the last 2 or 4 partitions focused as in focused early; monotone Algorithm 3 maps "
-        "= Algorithm 3 maps at N = 9 (chosen on scenes 32-63 of the fine grid, 0-63 of the trained ViT and 32-127 "
-        "of the trained CNN); monotone search = N = 5 with the default search (uniform split points, Algorithm 3 "
-        "maps) but `min_size: 20`, `monotone: true`, `tie_sigma: 2`, 8 prefix sizes per round and no check below "
-        "the found one. Pruned = the same with `prune_cell: 8` (one greedy pass drops every 8 x 8 px cell of the "
+        "Monotone search = N = 5 with Algorithm 3's search (uniform split points, R(P) / |P|) but `min_size: 20`, "
+        "`monotone: true` (each split's mutants asked largest first; those whose outcome follows from the others' "
+        "by monotonicity, Observation 4.6, are inferred, not asked), `tie_sigma: 2`, 8 prefix sizes per round and no "
+        "check below the found one. Pruned = the same with `prune_cell: 8` (one greedy pass drops every 8 x 8 px cell of the "
         "explanation the class does not need, least responsible first: section 3's minimality, one evaluation per "
         "cell tried) and `explanation_first: true` (the returned map ranks the pruned explanation first, so it "
         "is again a prefix of the map's ranking); pruned, default search = N = 5 or 10 with `tie_sigma: 2` and "
         "pruned. Graded = the same with `confidence_weight: 0.3` (the returned map is unit(map) + 0.3 x unit(RISE's "
         "estimate from the mutants and prefixes already evaluated: mean target probability where a pixel was kept "
-        "minus where it was masked), no extra evaluations) and `blank_fails: true` instead of `beat_blank` (an "
-        "image whose blank image already gets the class is read as rex-xai reads it: the blank image counts as "
-        "failing).",
+        "minus where it was masked), no extra evaluations) and `blank_fails: true` (an image whose blank image "
+        "already gets the class is read as rex-xai reads it: the blank image counts as failing). Rows other than "
+        "the presets are the paper preset with the settings named (`rex.PRESETS['paper'].but(...)`).",
         "",
     ]
     lines += _table(rows, ref)
@@ -646,8 +634,7 @@ def main() -> None:
         sub_rows, sub_ref = _rows(runs, quality, ~keeps_blank)
         lines += ["", f"The same without the {int(keeps_blank.sum())} images whose blank image (every pixel masked) "
                   "already gets the explained class: no part of them is a cause, so ReX's responsibility is zero "
-                  "everywhere (but in the monotone rows, whose `beat_blank` refines them by the confidence above the "
-                  "blank image's, and in the graded rows, which read their blank image as failing), any single pixel "
+                  "everywhere (but in the graded rows and the fast preset, which read their blank image as failing), any single pixel "
                   "'explains' them and the other rows' maps rank pixels by tie-breaking only (as in "
                   "methods_synthetic.md):", ""]
         lines += _table(sub_rows, sub_ref)
