@@ -54,8 +54,8 @@ class ReXConfig:
     """The options a user sets (`--option rex.NAME=VALUE`); a preset supplies the search and extraction settings
     (`rex.presets`), and the options left at None take the preset's value. Validated on construction."""
 
-    preset: str | Preset = _opt("paper", "paper: Algorithm 3 as published (N = 20); fast: the frugal setting "
-                                         "(5 partitions, focused, pruned; see docs/rex.md)")
+    preset: str | Preset = _opt("fast", "fast: the frugal setting (5 partitions, focused, pruned); paper: "
+                                        "Algorithm 3 as published (N = 20); see docs/rex.md")
     n_partitions: int | Literal["auto"] | None = _opt(
         None, "random partitions N, or auto (waves of 5 until the map's top 10 % is stable, at most 40); "
               "None: the preset's")

@@ -132,3 +132,16 @@ def test_unknown_engine_and_missing_onnxruntime_fail_clearly(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         QueryEngine(_tiny_cnn(), engine="onnx").probabilities(torch.rand(1, 3, 32, 32))
+
+
+def test_onnx_engine_runs_a_torchscript_black_box(tmp_path, one_thread):
+    """A TorchScript file loaded as a black box is exported through its trace and gives eager's probabilities."""
+    from models.queries import BlackBoxModel
+
+    path = tmp_path / "cnn.pt"
+    torch.jit.trace(_tiny_cnn().eval(), torch.rand(2, 3, 32, 32)).save(str(path))
+    box = BlackBoxModel(torch.jit.load(str(path)).eval(), 32, (4, 4))
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    eager = QueryEngine(box).probabilities(images)
+    onnx = QueryEngine(box, engine="onnx").probabilities(images)
+    assert torch.allclose(onnx, eager, atol=1e-5) and not torch.allclose(eager, eager[:1].expand_as(eager))

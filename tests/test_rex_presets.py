@@ -28,6 +28,8 @@ def test_fast_preset_is_the_frugal_row_it_was_chosen_as():
                                              focus_after=3, focus_min_size=40, blank_fails=True)
     assert fast.extraction == rex.ExtractionSettings(candidates=8, check=16, tie_sigma=2.0, prune_cell=8,
                                                      explanation_first=True, confidence_weight=0.3)
+    default = rex.ReX()  # the default preset, chosen from rex_untouched_*.md
+    assert (default.search, default.extraction) == (fast.search, fast.extraction)
 
 
 def test_explicit_options_override_the_preset():
@@ -66,7 +68,7 @@ def test_presets_give_the_maps_recorded_before_they_existed(preset, one_thread):
     assert torch.equal(res.model_evaluated, before[f"{key}evaluated"])
     if preset == "paper":
         with torch.no_grad():
-            spatial = rex.ReX(seed=3, explanation="spatial").explain(model, x)
+            spatial = rex.ReX(preset="paper", seed=3, explanation="spatial").explain(model, x)
         assert torch.equal(spatial.maps, before["spatial_maps"])
         assert torch.equal(spatial.explanations, before["spatial_explanations"])
 
@@ -104,5 +106,5 @@ def test_help_lists_the_chosen_methods_options(capsys):
     out = capsys.readouterr().out
     assert "options of rex (--option rex.NAME=VALUE):" in out and "options of rise" in out
     line = next(l for l in out.splitlines() if l.strip().startswith("preset "))
-    assert "default 'paper'" in line and "fast" in line
+    assert "default 'fast'" in line and "paper" in line
     assert "options of occlusion" not in out

@@ -233,13 +233,13 @@ def test_rex_dispatches_every_type_on_its_own_maps():
     x = torch.cat([_image(distractor=True), _image()])
     for kind, fn in EXTRACTORS.items():
         with CallCounter(model) as counter:
-            res = rex.ReX(n_partitions=4, seed=3, explanation=kind).explain(model, x)
+            res = rex.ReX(preset="paper", n_partitions=4, seed=3, explanation=kind).explain(model, x)
         assert counter.images == int(res.model_evaluated.sum()), kind
         step = 1 if kind in ("global", "spatial") else 10  # the exact prefix, or rex-xai's chunk of 10 pixels
         direct = fn(QueryEngine(model, 16), x, res.maps, res.target, full_confidence=res.confidence, step=step)
         assert torch.equal(res.explanations, direct.mask) and torch.equal(res.found, direct.found), kind
         assert torch.equal(res.extraction_evaluated, direct.evaluated), kind
-        again = rex.ReX(n_partitions=4, seed=3, explanation=kind).explain(model, x)
+        again = rex.ReX(preset="paper", n_partitions=4, seed=3, explanation=kind).explain(model, x)
         assert torch.equal(again.explanations, res.explanations), kind
     e = explainers.get("rex")(model, x, n_partitions=4, seed=3, explanation="contrastive")
     assert torch.equal(e.explanation, rex.ReX(n_partitions=4, seed=3, explanation="contrastive").explain(model, x)
