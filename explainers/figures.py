@@ -87,6 +87,12 @@ def plot_prediction_curve(
     return fig
 
 
+def image_to_array(image: Tensor) -> np.ndarray:
+    """RGB uint8 array (H, W, 3) of an image (3, H, W) in [0, 1], for image loggers (wandb casts float arrays to
+    uint8 without rescaling them, so a float image in [0, 1] would be logged black)."""
+    return (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
 def figure_to_array(fig: Figure) -> np.ndarray:
     """RGB uint8 array (H, W, 3) of a rendered figure, for image loggers."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 
+from explainers.figures import image_to_array
 from models.stages import StageModule, register_stage
 from rcsb.bridge import BridgeSchedule, bridge_sample, inpainting_loss, inpainting_x1, predict_x0, q_sample
 from rcsb.bridge import sample_steps, training_target
@@ -302,6 +303,6 @@ class BridgeModule(StageModule):
         x1, out = self.inpaint(images[:k], masks, generator=g)
         strips = torch.cat([images[:k].clamp(0, 1), x1, out], dim=-1)  # side by side
         self.logger.log_image(
-            "val/inpainting", [s.permute(1, 2, 0).float().cpu().numpy() for s in strips],
+            "val/inpainting", [image_to_array(s) for s in strips],
             caption=[f"original | x1 | inpainted ({int(m.sum())} px masked)" for m in masks],
         )

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from explainers.figures import image_to_array
 from explainers.maps import select_class, to_pixel_map
 from explainers.protocol import Explanation, explainer
 from models.classifier import MaskableModule
@@ -293,7 +294,7 @@ class ExplainerModule(MaskableModule):
         overlay = (images[:k].float() * (1 - alpha) + colour * alpha).detach().clamp(0, 1)
         names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
         captions = [names[t] if names else str(int(t)) for t in target[:k].tolist()]
-        self.logger.log_image("test/attributions", [o.permute(1, 2, 0).cpu().numpy() for o in overlay], caption=captions)
+        self.logger.log_image("test/attributions", [image_to_array(o) for o in overlay], caption=captions)
 
 
 @explainer("salvage", access="white", needs=("explainer",))

@@ -139,6 +139,11 @@ def test_validation_samples_go_to_wandb_only(trained):
     (key, logged, kw), = calls
     assert key == "val/inpainting" and len(logged) == 2 and logged[0].shape == (SIZE, 3 * SIZE, 3)
     assert len(kw["caption"]) == 2
+    # uint8 in [0, 255] (wandb casts float arrays without rescaling them: a [0, 1] image would be logged black); the
+    # left third is the original image
+    assert logged[0].dtype == np.uint8
+    original = (images[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(logged[0][:, :SIZE], original) and original.max() > 100
 
 
 def test_plain_inpainting_keeps_the_known_pixels(trained):
