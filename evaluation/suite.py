@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from explainers.metrics import ground_truth_metrics
+from explainers.metrics import degenerate, ground_truth_metrics
 from explainers.protocol import Explanation
 from models.queries import QueryEngine
 from rex.metrics import rex_metrics
@@ -20,8 +20,6 @@ from salvage.metrics import relative_srg_scores, srg_scores
 
 #: Column order of the comparison table.
 METRIC_KEYS = ("size", "insertion", "deletion", "in", "out", "srg", "r_srg", "rra", "rma", "S", "p", "flips")
-#: An explanation is degenerate when the fully masked image comes within this probability of being sufficient.
-DEGENERATE_MARGIN = 0.05
 #: The default sufficiency requirement for two-class models (fraction of the full image's target probability).
 TWO_CLASS_MIN_CONFIDENCE = 0.8
 
@@ -36,15 +34,6 @@ def resolve_min_confidence(min_confidence: float | str, num_classes: int) -> flo
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"min_confidence must be 'auto' or lie in [0, 1], got {min_confidence!r}")
     return value
-
-
-def degenerate(blank: Tensor, full: Tensor, target: Tensor, min_confidence: float,
-               margin: float = DEGENERATE_MARGIN) -> Tensor:
-    """(B,) True where the fully masked image's probabilities `blank` (B, C) already (nearly, within `margin`)
-    meet the sufficiency test for `target`: its top class and at least `min_confidence` x the full image's
-    probability `full` (B,). Any subset of pixels then "suffices", so the explanation's size says nothing."""
-    p = blank.gather(1, target[:, None])[:, 0]
-    return (p >= blank.amax(1) - margin) & (p >= min_confidence * full - margin)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from evaluation.table import comparison_table
-from explainers.figures import explanation_figure, save_figure
+from explainers.figures import DEGENERATE_NOTE, explanation_figure, save_figure
 from explainers.maps import to_pixel_map
 
 
@@ -51,7 +51,7 @@ class ExplanationWriter(BasePredictionWriter):
                     title = f"{method}: " + ", ".join(f"{k} = {float(v[i]):.3g}" for k, v in metrics.items()) + \
                             f" ({rec['predicted_name']})"
                 if flags.get("degenerate"):
-                    title += "\nDEGENERATE: the fully masked image already gives this class; the size means nothing"
+                    title += "\n" + DEGENERATE_NOTE
                 shown = e if extracted is None else replace(e, explanation=extracted)
                 save_figure(explanation_figure(images[i], shown, i, title, method), self.out_dir / f"{stem}.png")
                 arrays = {"map": pixel, "raw_map": e.maps, "explanation": None if extracted is None else extracted[:, 0],

@@ -25,6 +25,10 @@ def _finish(fig: Figure, axes: Any, title: str) -> Figure:
     return fig
 
 
+#: The title line of a figure whose explanation is degenerate (`explainers.metrics.degenerate`).
+DEGENERATE_NOTE = "DEGENERATE: the fully masked image already gives this class; the size means nothing"
+
+
 def overlay_figure(image: Tensor, pixel_map: Tensor, title: str, explanation: Tensor | None = None,
                    map_title: str = "attribution") -> Figure:
     """Panels: input image (3, H, W), the pixel map (H, W) over the greyed image, and (optionally) the image with

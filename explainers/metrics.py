@@ -1,7 +1,8 @@
 """Ground-truth metrics of any explanation, and the one way results are averaged.
 
 RRA and RMA (Arras et al. 2022) score a map against the object mask; IN and OUT (ReX section 6) score an extracted
-explanation against the object mask and the occluders. `ScoreSummary` accumulates per-image scores into mean, std
+explanation against the object mask and the occluders; `degenerate` flags an explanation whose size says nothing
+(the fully masked image already passes the sufficiency test). `ScoreSummary` accumulates per-image scores into mean, std
 and count, synced across DDP ranks (torchmetrics); NaN scores are left out of the means and counted.
 """
 from __future__ import annotations
@@ -13,6 +14,18 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from explainers.maps import to_pixel_map
+
+#: An explanation is degenerate when the fully masked image comes within this probability of being sufficient.
+DEGENERATE_MARGIN = 0.05
+
+
+def degenerate(blank: Tensor, full: Tensor, target: Tensor, min_confidence: float,
+               margin: float = DEGENERATE_MARGIN) -> Tensor:
+    """(B,) True where the fully masked image's probabilities `blank` (B, C) already (nearly, within `margin`)
+    meet the sufficiency test for `target`: its top class and at least `min_confidence` x the full image's
+    probability `full` (B,). Any subset of pixels then "suffices", so the explanation's size says nothing."""
+    p = blank.gather(1, target[:, None])[:, 0]
+    return (p >= blank.amax(1) - margin) & (p >= min_confidence * full - margin)
 
 
 def _pixel_inputs(maps: Tensor, masks: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:

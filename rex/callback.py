@@ -2,7 +2,9 @@
 
 Logged on rank 0 as `rex/<metric>` and `rex/<metric>_std` (size, insertion, deletion, and IN / OUT when the data has
 `mask` / `occluder_mask`), `rex/model_calls` and `rex/seconds` per image, with overlays of `num_log` images (image,
-responsibility map, explanation); sharding, gathering and logging are `explainers.callbacks.EvaluationCallback`'s.
+responsibility map, explanation). An image whose fully masked version already passes the sufficiency test is flagged
+`degenerate` (`explainers.metrics.degenerate`, as in explain.py): its title says so and its size, IN and OUT are left
+out of the means; sharding, gathering and logging are `explainers.callbacks.EvaluationCallback`'s.
 Results also stay in `callback.results` (`summary`, `per_image`, `maps`, `explanations`).
 """
 from __future__ import annotations
@@ -16,8 +18,9 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from explainers.callbacks import EvaluationCallback, Rows
-from explainers.figures import overlay_figure
-from explainers.metrics import fraction_inside, fraction_outside
+from explainers.figures import DEGENERATE_NOTE, overlay_figure
+from explainers.metrics import degenerate, fraction_inside, fraction_outside
+from models.queries import QueryEngine
 from rex.explainer import ReX, ReXConfig, rex_explain
 from rex.metrics import insertion_deletion
 
@@ -46,11 +49,17 @@ class ReXCallback(EvaluationCallback):
         nan = torch.full_like(ins, math.nan)
         b = images.shape[0]
         confidence = model(images).float().softmax(-1).gather(1, e.target[:, None])[:, 0]
+        engine = QueryEngine(model, mask_value=self.options.get("mask_value"))
+        flat = degenerate(engine.probabilities(engine.blank(images)), confidence, e.target,
+                          self.options.get("min_confidence", 0.0))
         scores = {
             "size": e.explanation.flatten(1).float().mean(1), "insertion": ins, "deletion": dele,
             "in": fraction_inside(e.explanation, batch["mask"]) if "mask" in batch else nan,
             "out": fraction_outside(e.explanation, batch["occluder_mask"]) if "occluder_mask" in batch else nan,
-            "target": e.target, "confidence": confidence,
+        }
+        scores = {k: torch.where(flat, nan, v) if k in ("size", "in", "out") else v for k, v in scores.items()}
+        scores |= {
+            "degenerate": flat.float(), "target": e.target, "confidence": confidence,
             "model_calls": torch.full_like(ins, e.model_calls / b), "seconds": torch.full_like(ins, e.seconds / b),
         }
         return scores, {"maps": e.maps.float(), "explanations": e.explanation[:, 0], "images": images}
@@ -60,7 +69,7 @@ class ReXCallback(EvaluationCallback):
         results["summary"] = {k: v for k, v in results["summary"].items()
                               if not k.endswith(("_n", "_nan")) and k not in ("target", "confidence", "target_std",
                                                                              "confidence_std", "model_calls_std",
-                                                                             "seconds_std")}
+                                                                             "seconds_std", "degenerate_std")}
         return results
 
     def figures(self, task: str, stage: str, results: dict[str, Any]) -> list[tuple[str, Figure]]:
@@ -68,6 +77,8 @@ class ReXCallback(EvaluationCallback):
         out = []
         for i in range(min(self.num_log, len(cols["index"]))):
             title = f"image {int(cols['index'][i])}: class {int(cols['target'][i])} (p = {float(cols['confidence'][i]):.2f})"
+            if cols["degenerate"][i]:
+                title += "\n" + DEGENERATE_NOTE
             fig = overlay_figure(results["images"][i], results["maps"][i], title, results["explanations"][i],
                                  map_title="responsibility")
             out.append((f"{stage}_{int(cols['index'][i])}", fig))
