@@ -22,19 +22,14 @@
 #     --trainer.callbacks '[]' --data.init_args.n_train 16000 --trainer.max_epochs 3   # shortened recipe
 #   python examples/hue_cnn.py --out runs/photo_models/hue_cnn.pt
 #
-# Expected run time on 2 CPU cores (the 2-core AMD EPYC with AVX-512 these models were trained on, nothing else
-# running). Estimated, not measured on these scenes: from the earlier rex_vs_rexxai tables on the same model kinds
-# (benchmarks/results/rex_vs_rexxai_*.md, 2 threads: rex-xai 0.3-0.5 s per 64 px image and ours at N = 20 about the
-# same, rex-xai 4.3-4.7 s and ours at N = 20 7.2 s per 112 px image), from smoke tests of these rows on scenes 0-7
-# and procedural images (run while a training job shared the cores: ResNet-18 57 s per image then, about a third of
-# that alone) and from per-evaluation costs; the ResNet-18 line is the least certain (+-50 %):
-#   quickstart_vit   64 scenes, 64 px ViT                        ~3 min
-#   cnn              64 scenes, 64 px small CNN                  ~3 min
-#   resnet18         48 scenes, 64 px ResNet-18                  ~8-15 min
-#   finegrid_vit     32 scenes, 112 px ViT (14 x 14 grid)        ~12 min (smoke, scenes 0-3 alone: 98 s for 4)
-#   red              12 photographs, 128 px, red vs not red      ~2 min
-#   hue              12 photographs, 128 px, trained warm / cool ~2 min
-#   in all                                                       ~30-37 min (budget 40)
+# Run time on 2 CPU cores (AMD EPYC, nothing else running), measured by the one run of 2026-12-08:
+#   quickstart_vit   64 scenes, 64 px ViT                        157 s
+#   cnn              64 scenes, 64 px small CNN                   74 s
+#   resnet18         48 scenes, 64 px ResNet-18                  440 s
+#   finegrid_vit     32 scenes, 112 px ViT (14 x 14 grid)        690 s
+#   red              12 photographs, 128 px, red vs not red       50 s
+#   hue              12 photographs, 128 px, trained warm / cool  62 s
+#   in all                                                       about 25 min
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
