@@ -75,6 +75,11 @@ class EvaluationCallback(L.Callback):
         """(name, figure) pairs to log."""
         return []
 
+    def row_images(self, task: str, results: dict[str, Any]) -> dict[str, list[np.ndarray]]:
+        """Pictures per image (column name -> one RGB uint8 array per row of `per_image`) for the W&B table; none by
+        default."""
+        return {}
+
     # --- what the base does -----------------------------------------------------------------------------------------
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.run_after_fit:
@@ -172,8 +177,12 @@ class EvaluationCallback(L.Callback):
                 wandb[0].log_image(key=f"{task}/{stage}_figures", images=[figure_to_array(f) for _, f in figures],
                                    caption=[n for n, _ in figures], step=trainer.global_step)
             if records:
-                wandb[0].log_table(key=f"{task}/{stage}_images", columns=list(records[0]),
-                                   data=[list(r.values()) for r in records], step=trainer.global_step)
+                import wandb as wb
+
+                pictures = self.row_images(task, results)
+                data = [[*(wb.Image(p[j]) for p in pictures.values()), *r.values()] for j, r in enumerate(records)]
+                wandb[0].log_table(key=f"{task}/{stage}_images", columns=[*pictures, *records[0]], data=data,
+                                   step=trainer.global_step)
             return
         out = log_dir / self.folder
         out.mkdir(parents=True, exist_ok=True)

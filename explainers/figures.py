@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -95,6 +96,23 @@ def image_to_array(image: Tensor) -> np.ndarray:
     """RGB uint8 array (H, W, 3) of an image (3, H, W) in [0, 1], for image loggers (wandb casts float arrays to
     uint8 without rescaling them, so a float image in [0, 1] would be logged black)."""
     return (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def map_to_array(image: Tensor, pixel_map: Tensor) -> np.ndarray:
+    """RGB uint8 array (H, W, 3): the pixel map (H, W) in jet colours (scaled to its own range) over the greyed image
+    (3, H, W), as the middle panel of `overlay_figure`."""
+    grey = image.detach().float().clamp(0, 1).mean(0).cpu().numpy()
+    heat = pixel_map.detach().float().cpu().numpy()
+    lo, hi = np.nanmin(heat), np.nanmax(heat)
+    colour = matplotlib.colormaps["jet"]((heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat))[..., :3]
+    return (255 * (0.45 * grey[..., None] + 0.55 * colour)).round().astype(np.uint8)
+
+
+def explanation_to_array(image: Tensor, explanation: Tensor) -> np.ndarray:
+    """RGB uint8 array (H, W, 3): the image (3, H, W) with everything outside the explanation mask darkened, as the
+    right panel of `overlay_figure`."""
+    keep = explanation.detach().reshape(image.shape[-2:]).bool()
+    return image_to_array(torch.where(keep, image.float(), 0.15 * image.float()))
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:

@@ -4,7 +4,8 @@ Logged on rank 0 as `rex/<metric>` and `rex/<metric>_std` (size, insertion, dele
 `mask` / `occluder_mask`), `rex/model_calls` and `rex/seconds` per image, with overlays of `num_log` images (image,
 responsibility map, explanation). An image whose fully masked version already passes the sufficiency test is flagged
 `degenerate` (`explainers.metrics.degenerate`, as in explain.py): its title says so and its size, IN and OUT are left
-out of the means; sharding, gathering and logging are `explainers.callbacks.EvaluationCallback`'s.
+out of the means. On W&B, one table per run (`rex/<stage>_images`) holds every image, its map, its explanation and
+its metrics, a row each; sharding, gathering and logging are `explainers.callbacks.EvaluationCallback`'s.
 Results also stay in `callback.results` (`summary`, `per_image`, `maps`, `explanations`).
 """
 from __future__ import annotations
@@ -13,12 +14,13 @@ import math
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from explainers.callbacks import EvaluationCallback, Rows
-from explainers.figures import DEGENERATE_NOTE, overlay_figure
+from explainers.figures import DEGENERATE_NOTE, explanation_to_array, image_to_array, map_to_array, overlay_figure
 from explainers.metrics import degenerate, fraction_inside, fraction_outside
 from models.queries import QueryEngine
 from rex.explainer import ReX, ReXConfig, rex_explain
@@ -83,3 +85,10 @@ class ReXCallback(EvaluationCallback):
                                  map_title="responsibility")
             out.append((f"{stage}_{int(cols['index'][i])}", fig))
         return out
+
+    def row_images(self, task: str, results: dict[str, Any]) -> dict[str, list[np.ndarray]]:
+        """Every explained image, its responsibility map and its explanation, one row each in the W&B table."""
+        images, maps, kept = results["images"], results["maps"], results["explanations"]
+        return {"image": [image_to_array(x) for x in images],
+                "responsibility": [map_to_array(x, m) for x, m in zip(images, maps)],
+                "explanation": [explanation_to_array(x, k) for x, k in zip(images, kept)]}

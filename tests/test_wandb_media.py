@@ -40,3 +40,44 @@ def test_salvage_attribution_overlays_reach_wandb_with_their_pixels(tmp_path, mo
     # away from the positive patch the overlay is the image itself; on it, red is raised
     assert any(np.abs(got[6:, 6:] - exp[6:, 6:]).max() <= 1 for got in logged for exp in expected)
     assert all(got[0, 0, 0] > got[7, 7, 0] for got in logged)
+
+
+def test_rex_callback_logs_one_table_with_each_images_pictures_and_metrics(tmp_path, monkeypatch):
+    import json
+
+    from rex import ReXCallback
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))  # where a table's pictures are staged offline
+    logger = WandbLogger(project="media-test", save_dir=str(tmp_path), offline=True)
+
+    class Corner(torch.nn.Module):
+        """Class 1 iff the top-left quarter is bright; the blank image is class 0."""
+
+        def forward(self, x):
+            on = x[:, :, :8, :8].mean((1, 2, 3)) > 0.5
+            return torch.stack([(~on).float(), on.float()], 1) * 4
+
+    images = torch.full((2, 3, 16, 16), 0.2)
+    images[1] = 0.1  # two different rows
+    images[:, :, :8, :8] = 0.9
+    cb = ReXCallback(num_images=2, rex={"n_partitions": 2, "mask_value": 0.0}, num_log=1)
+    scores, arrays = cb.compute(Corner(), {"image": images}, None, "test")
+    per_image = {**scores, "index": torch.arange(2)}
+    cb.results["rex"] = {"per_image": per_image, "summary": {}, **arrays}
+    trainer = SimpleNamespace(loggers=[logger], global_step=0)
+    cb._log(trainer, "rex", "test", tmp_path)
+    logger.experiment.finish()
+    table_file, = Path(tmp_path).glob("wandb/offline-run-*/files/media/table/rex/test_images_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"][:3] == ["image", "responsibility", "explanation"] and "deletion" in table["columns"]
+    assert len(table["data"]) == 2
+    # offline, the table's pictures wait in the staged artifact: read every PNG staged there back
+    staged = [f for f in (tmp_path / "data").rglob("*") if f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"]
+    pictures = [np.asarray(Image.open(f).convert("RGB")).astype(int) for f in staged]
+    assert len(pictures) == 6 and all(p.shape == (16, 16, 3) for p in pictures)  # two rows' image, map, explanation
+    for x in images:
+        assert any(np.abs(p - image_to_array(x).astype(int)).max() <= 1 for p in pictures)
+    explanations = [p for p in pictures if p[8:, 8:].max() <= 0.15 * 255 * 0.2 + 2 and p[:8, :8].max() > 200]
+    assert len(explanations) == 2  # the kept corner shown, the rest darkened
