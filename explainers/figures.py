@@ -34,21 +34,17 @@ def overlay_figure(image: Tensor, pixel_map: Tensor, title: str, explanation: Te
                    map_title: str = "attribution") -> Figure:
     """Panels: input image (3, H, W), the pixel map (H, W) over the greyed image, and (optionally) the image with
     everything outside the explanation mask (1, H, W) darkened."""
-    img = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    heat = pixel_map.detach().float().cpu().numpy()
     panels = 3 if explanation is not None else 2
     fig = Figure(figsize=(2.6 * panels, 3.0))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, panels)
-    axes[0].imshow(img)
+    axes[0].imshow(image_to_array(image))
     axes[0].set_title("input", fontsize=8)
-    axes[1].imshow(img.mean(-1), cmap="gray", vmin=0, vmax=1)
-    lo, hi = np.nanmin(heat), np.nanmax(heat)
-    axes[1].imshow(heat, cmap="jet", alpha=0.55, vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
+    axes[1].imshow(map_to_array(image, pixel_map))
     axes[1].set_title(map_title, fontsize=8)
     if explanation is not None:
-        keep = explanation.detach().reshape(img.shape[:2]).cpu().numpy().astype(bool)
-        axes[2].imshow(np.where(keep[..., None], img, 0.15 * img))
+        keep = explanation.detach().reshape(image.shape[-2:]).cpu().numpy().astype(bool)
+        axes[2].imshow(explanation_to_array(image, explanation))
         axes[2].contour(keep, levels=[0.5], colors="yellow", linewidths=0.8)
         axes[2].set_title(f"explanation ({100 * keep.mean():.1f}% of image)", fontsize=8)
     return _finish(fig, axes, title)
@@ -99,17 +95,18 @@ def image_to_array(image: Tensor) -> np.ndarray:
 
 
 def map_to_array(image: Tensor, pixel_map: Tensor) -> np.ndarray:
-    """RGB uint8 array (H, W, 3): the pixel map (H, W) in jet colours (scaled to its own range) over the greyed image
-    (3, H, W), as the middle panel of `overlay_figure`."""
-    grey = image.detach().float().clamp(0, 1).mean(0).cpu().numpy()
+    """RGB uint8 array (H, W, 3): the pixel map (H, W) in jet colours (scaled to its own range) at 55 % over the
+    greyed image (3, H, W); a NaN pixel shows the grey image alone. The middle panel of `overlay_figure`."""
+    grey = image.detach().float().clamp(0, 1).mean(0).cpu().numpy()[..., None]
     heat = pixel_map.detach().float().cpu().numpy()
     lo, hi = np.nanmin(heat), np.nanmax(heat)
     colour = matplotlib.colormaps["jet"]((heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat))[..., :3]
-    return (255 * (0.45 * grey[..., None] + 0.55 * colour)).round().astype(np.uint8)
+    blend = np.where(np.isnan(heat)[..., None], grey, 0.45 * grey + 0.55 * colour)
+    return (255 * blend).round().astype(np.uint8)
 
 
 def explanation_to_array(image: Tensor, explanation: Tensor) -> np.ndarray:
-    """RGB uint8 array (H, W, 3): the image (3, H, W) with everything outside the explanation mask darkened, as the
+    """RGB uint8 array (H, W, 3): the image (3, H, W) with everything outside the explanation mask darkened. The
     right panel of `overlay_figure`."""
     keep = explanation.detach().reshape(image.shape[-2:]).bool()
     return image_to_array(torch.where(keep, image.float(), 0.15 * image.float()))
