@@ -1,4 +1,5 @@
-"""How monotone each classifier's ReX splits are (Observation 4.6), i.e. how safe the search's `monotone` setting is for it.
+"""How monotone each classifier's ReX splits are (Observation 4.6), i.e. how safe the search's `monotone` setting
+is for it.
 
 Usage: python benchmarks/rex_monotonicity.py --ckpt A.ckpt [--ckpt B.ckpt ...] [--n-images 32] [--first-image 32]
     [--threads 2] [--out benchmarks/results/rex_monotonicity.md]

@@ -618,7 +618,8 @@ def main() -> None:
         "Monotone search = N = 5 with Algorithm 3's search (uniform split points, R(P) / |P|) but `min_size: 20`, "
         "`monotone: true` (each split's mutants asked largest first; those whose outcome follows from the others' "
         "by monotonicity, Observation 4.6, are inferred, not asked), `tie_sigma: 2`, 8 prefix sizes per round and no "
-        "check below the found one. Pruned = the same with `prune_cell: 8` (one greedy pass drops every 8 x 8 px cell of the "
+        "check below the found one. Pruned = the same with `prune_cell: 8` (one greedy pass drops every 8 x 8 px cell "
+        "of the "
         "explanation the class does not need, least responsible first: section 3's minimality, one evaluation per "
         "cell tried) and `explanation_first: true` (the returned map ranks the pruned explanation first, so it "
         "is again a prefix of the map's ranking); pruned, default search = N = 5 or 10 with `tie_sigma: 2` and "
@@ -634,7 +635,8 @@ def main() -> None:
         sub_rows, sub_ref = _rows(runs, quality, ~keeps_blank)
         lines += ["", f"The same without the {int(keeps_blank.sum())} images whose blank image (every pixel masked) "
                   "already gets the explained class: no part of them is a cause, so ReX's responsibility is zero "
-                  "everywhere (but in the graded rows and the fast preset, which read their blank image as failing), any single pixel "
+                  "everywhere (but in the graded rows and the fast preset, which read their blank image as failing), "
+                  "any single pixel "
                   "'explains' them and the other rows' maps rank pixels by tie-breaking only (as in "
                   "methods_synthetic.md):", ""]
         lines += _table(sub_rows, sub_ref)

@@ -308,9 +308,10 @@ def multiple_explanations(
     step: int = 1,
     check: int | None = 64,
 ) -> Extraction:
-    """Section 6.2: up to `k` sufficient explanations (B, k, 1, H, W) from one map, each extracted (`extract`) from the ranking with the pixels of the earlier ones excluded (all but their lowest
-    `overlap` fraction, grown by `separation` pixels), so that later ones sit around other peaks of
-    responsibility; `evaluated` counts every extraction's model evaluations per image."""
+    """Section 6.2: up to `k` sufficient explanations (B, k, 1, H, W) from one map, each extracted (`extract`) from
+    the ranking with the pixels of the earlier ones excluded (all but their lowest `overlap` fraction, grown by
+    `separation` pixels), so that later ones sit around other peaks of responsibility; `evaluated` counts every
+    extraction's model evaluations per image."""
     b, _, h, w = images.shape
     dev = images.device
     target = target.to(dev)

@@ -1,5 +1,6 @@
 """A fixed black box for the ReX regression fixture: class k's logit is a random spatial weighting of how far each
-pixel's brightness exceeds 0.5 (masked pixels, 0, add nothing), and class 0 has only a bias, so the blank image is class 0."""
+pixel's channel sum exceeds 1.5 (masked pixels, 0, add nothing), and class 0 has only a bias, so the blank image is
+class 0."""
 import torch
 from torch import nn
 
