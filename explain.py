@@ -3,13 +3,15 @@
 Every registered method (`--help` lists them). Per image and method: a PNG, an npz with the map, the explanation
 extracted from it (or the method's own), and one record in summary.json with prediction, cost and every metric that
 applies (ReX section 6; Salvage appendix A.1 with a surrogate; IN/OUT/RRA/RMA with ground truth); comparison.md for
-several methods on a data split. Batches run through Lightning's Trainer.predict, so `--devices N` splits the
-images across N devices.
+several methods on a data split; report.html to see it all in a browser. Batches run through Lightning's
+Trainer.predict, so `--devices N` splits the images across N devices.
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -158,7 +160,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     else:
         items, dataset, class_names = split_items(args.data, args.split, args.data_arg, args.limit, loaded)
         class_names = loaded.class_names or class_names
-    meta = {"checkpoint": str(args.ckpt), "stage": loaded.stage, "methods": methods,
+    command = "python explain.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    meta = {"command": command, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "checkpoint": str(args.ckpt), "stage": loaded.stage, "methods": methods,
             "source": args.images or {"data": args.data, "split": args.split, "limit": args.limit}}
     return explain_images(
         loaded, methods, items, args.out, options, _target_index(args.target, class_names), dataset, class_names,

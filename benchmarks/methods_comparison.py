@@ -7,7 +7,8 @@
 All methods run through the same explain run as explain.py (`evaluation.explain_images`) on the Salvage explainer checkpoint, so the black-box methods see the explainer's
 reference classifier and every method gets SRG / R-SRG on its surrogate; ground truth gives IN, OUT, RRA and RMA.
 `--train` first trains the classifier, surrogate and explainer with configs/{classifier,surrogate,salvage}_synthetic.
-Writes `benchmarks/results/methods_synthetic.md` (or `--table`) with the command, settings and the table.
+Writes `benchmarks/results/methods_synthetic.md` (or `--table`) with the command, settings and the table, and one
+report.html over every run in `--out`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from evaluation import comparison_table, discover, explain_images, load_models, split_items  # noqa: E402
+from evaluation.report import write_report  # noqa: E402
 from explainers import available, get  # noqa: E402
 from models import QueryEngine  # noqa: E402
 
@@ -115,9 +118,13 @@ def main(argv: list[str] | None = None) -> Path:
             reused += 1
         else:
             got = run(path, methods, out, args, extra)
+        where = out.relative_to(args.out)
+        got = [{**r, "files": {k: str(where / v) for k, v in r["files"].items()}} for r in got]
         records += [{**r, "method": label} for r in got] if label else got
     minutes = (time.time() - start) / 60
-    access = ", ".join(f"{m} ({get(m.split()[0]).access})" for m in dict.fromkeys(r["method"] for r in records))
+    access_of = {m: get(m.split()[0]).access for m in dict.fromkeys(r["method"] for r in records)}
+    access = ", ".join(f"{m} ({a})" for m, a in access_of.items())
+    command = f"python benchmarks/methods_comparison.py {' '.join(argv if argv is not None else sys.argv[1:])}"
     blank_class = masked_class(ckpt)
     images = {r["image"]: r["target"] for r in records}
     blank = sum(t == blank_class for t in images.values())
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> Path:
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(
         "# Attribution methods on the synthetic ground-truth scenes\n\n"
-        f"Command: `python benchmarks/methods_comparison.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+        f"Command: `{command}`\n\n"
         f"Checkpoint `{ckpt}`; {args.limit} images of the {args.data} test split; "
         f"{'tabulated from the summary.json of the earlier run' if reused else f'{minutes:.1f} min in all'}.\n"
         f"Methods (access): {access}.\n\n"
@@ -133,14 +140,17 @@ def main(argv: list[str] | None = None) -> Path:
         "insertion / deletion: normalised AUC (ReX section 6; insertion higher, deletion lower is better); "
         "in: fraction of the explanation inside the target object; out: fraction outside the occluders; "
         "srg / r_srg: Salvage eq. 7-8 on the surrogate (higher is better); rra / rma: relevance rank / mass accuracy "
-        "against the object mask. Mean ± std over images; seconds and classifier calls per image (batch share).\n\n"
+        "against the object mask. Mean ± standard error over images; seconds and classifier calls per image (batch share).\n\n"
         f"The classifier calls the fully masked image (its mean colour) class {blank_class}, so the {blank} of "
         f"{len(images)} images with that target are 'explained' by any single pixel, whatever the map.\n\n"
         + comparison_table(records)
         + ("" if not blank else f"\nThe same without those {blank} images:\n\n"
            + comparison_table([r for r in records if r["target"] != blank_class]))
     )
-    print(f"wrote {table}")
+    report = write_report(args.out, records, {"command": command, "checkpoint": ckpt, "methods": list(access_of),
+                                               "source": {"data": args.data, "split": "test", "limit": args.limit},
+                                               "date": datetime.now().astimezone().isoformat(timespec="seconds")})
+    print(f"wrote {table} and {report}")
     return table
 
 

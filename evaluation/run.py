@@ -39,19 +39,20 @@ def explain_images(
     batch_size: int = 8, devices: int = 1, accelerator: str = "auto", steps: int = 50, seed: int = 0,
     metrics: bool = True, srg_masks: int = 128, min_confidence: float | str = "auto",
 ) -> list[dict[str, Any]]:
-    """Run `methods` on `items` ({image, name, ...} dicts) and write PNGs, npz files, summary.json (and
+    """Run `methods` on `items` ({image, name, ...} dicts) and write PNGs, npz files, summary.json, report.html (and
     comparison.md with `compare`) into `out_dir`; returns the records (one per image and method)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ExplanationWriter(out_dir, class_names, meta, compare)
     task = ExplainTask(loaded, methods, options or {}, target, dataset, steps, seed, metrics, srg_masks, min_confidence)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, inference_mode=False,
-                        enable_checkpointing=False, enable_model_summary=False, callbacks=[writer])
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        callbacks=[writer])
     try:
         trainer.predict(task, DataLoader(items, batch_size=batch_size, shuffle=False), return_predictions=False)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
     if trainer.is_global_zero:
         print(f"wrote {len(writer.records)} records for {len(items)} images to {out_dir}/ (summary.json"
-              + (", comparison.md)" if compare else ")"))
+              + (", comparison.md)" if compare else ")") + f"\nreport: {(out_dir / 'report.html').resolve()}")
     return writer.records

@@ -40,8 +40,9 @@ def resolve_min_confidence(min_confidence: float | str, num_classes: int) -> flo
 def score(
     explanation: Explanation, models: Mapping[str, nn.Module], images: Tensor, batch: Mapping[str, Any],
     steps: int = 50, srg_masks: int = 128, generator: torch.Generator | None = None, min_confidence: float = 0.0,
-) -> tuple[dict[str, Tensor], Tensor | None]:
-    """Per-image metrics {name: (B,)} of an explanation and the sufficient explanation (B, 1, H, W) they used.
+) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+    """Per-image metrics {name: (B,)} of an explanation, the sufficient explanation (B, 1, H, W) they used and the
+    insertion and deletion curves (2, B, steps + 1) (None for methods without a map).
 
     Map methods also get `blank_probability` (the target's probability on the fully masked image) and the flag
     `degenerate` (see :func:`degenerate`); a degenerate image's size, IN and OUT are NaN, so means leave it out
@@ -49,13 +50,13 @@ def score(
     e = explanation
     metrics = {k: v for k, v in e.scores.items() if v.dtype != torch.bool}
     if e.maps is None:
-        return metrics, None
+        return metrics, None, None
     engine = QueryEngine(models["classifier"])
     probs = engine.probabilities(torch.cat([images, engine.blank(images)])).float()
     full, blank = probs[: len(images)], probs[len(images):]
     target = e.target.to(images.device)
     flat = degenerate(blank, full.gather(1, target[:, None])[:, 0], target, min_confidence)
-    section6, extracted = rex_metrics(engine, images, e.maps, e.target, e.explanation, steps, min_confidence)
+    section6, extracted, curves = rex_metrics(engine, images, e.maps, e.target, e.explanation, steps, min_confidence)
     metrics.update(section6)
     metrics.update(ground_truth_metrics(e.maps, extracted, batch))
     for key in ("size", "in", "out"):
@@ -67,4 +68,4 @@ def score(
     if surrogate is not None:
         metrics["srg"] = srg_scores(surrogate, images, e.maps, e.target)["srg"]
         metrics["r_srg"] = relative_srg_scores(surrogate, images, e.maps, e.target, srg_masks, generator)["r_srg"]
-    return metrics, extracted
+    return metrics, extracted, curves

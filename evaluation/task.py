@@ -6,6 +6,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from evaluation.loading import LoadedModels
 from evaluation.suite import resolve_min_confidence, score
@@ -14,7 +15,8 @@ from explainers.protocol import Explanation, get
 
 class ExplainTask(L.LightningModule):
     """predict_step runs each method (`explainers.get(name)`) on a batch and scores it; returns, per method, the
-    Explanation, its per-image metrics and the sufficient explanation they used, plus the per-image predictions."""
+    Explanation, its per-image metrics, the sufficient explanation they used and the insertion and deletion curves,
+    plus the per-image predictions. One progress bar counts (image, method) pairs."""
 
     def __init__(self, loaded: LoadedModels, methods: list[str], options: dict[str, dict[str, Any]],
                  target: int | None = None, dataset: Any = None, steps: int = 50, seed: int = 0,
@@ -30,6 +32,13 @@ class ExplainTask(L.LightningModule):
 
     def on_predict_start(self) -> None:
         self.held.eval()
+        shards = max(self.trainer.world_size, 1)
+        images = -(-len(self.trainer.predict_dataloaders.dataset) // shards)
+        self.progress = tqdm(total=images * len(self.methods), desc="explaining", unit=" image-method",
+                             disable=not self.trainer.is_global_zero, dynamic_ncols=True)
+
+    def on_predict_end(self) -> None:
+        self.progress.close()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         images = batch["image"]
@@ -39,16 +48,19 @@ class ExplainTask(L.LightningModule):
         pred = probs.argmax(1)
         target = pred if self.fixed_target is None else torch.full_like(pred, self.fixed_target)
         min_confidence = resolve_min_confidence(self.min_confidence, probs.shape[1])
-        results: list[tuple[str, Explanation, dict[str, Tensor], Tensor | None]] = []
+        results: list[tuple[str, Explanation, dict[str, Tensor], Tensor | None, Tensor | None]] = []
         for method in self.methods:
             spec, options = get(method), dict(self.options.get(method, {}))
             if "min_confidence" in spec.options:  # methods that extract their own explanation use the same rule
                 options.setdefault("min_confidence", min_confidence)
             e = spec(models, images, target, batch=batch, dataset=self.dataset, **options).detach()
             metrics: dict[str, Tensor] = {k: v for k, v in e.scores.items() if v.dtype != torch.bool}
-            extracted = e.explanation
+            extracted, curves = e.explanation, None
             if self.with_metrics:
                 g = torch.Generator(device=images.device).manual_seed(self.seed * 1_000_003 + batch_idx)
-                metrics, extracted = score(e, models, images, batch, self.steps, self.srg_masks, g, min_confidence)
-            results.append((method, e, metrics, extracted))
+                metrics, extracted, curves = score(e, models, images, batch, self.steps, self.srg_masks, g,
+                                                   min_confidence)
+            results.append((method, e, metrics, extracted, curves))
+            self.progress.set_postfix_str(method, refresh=False)
+            self.progress.update(len(images))
         return {"probs": probs, "pred": pred, "target": target, "results": results}

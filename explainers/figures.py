@@ -112,6 +112,17 @@ def explanation_to_array(image: Tensor, explanation: Tensor) -> np.ndarray:
     return image_to_array(torch.where(keep, image.float(), 0.15 * image.float()))
 
 
+def outline_array(picture: np.ndarray, mask: Tensor, colour: tuple[int, int, int] = (255, 255, 0)) -> np.ndarray:
+    """Copy of an RGB uint8 picture (H, W, 3) with the boundary of a mask (H, W) (its pixels with a 4-neighbour
+    outside it, or on the picture's edge) painted in `colour`: the outlined explanation of the report's cells."""
+    keep = mask.detach().reshape(picture.shape[:2]).bool().cpu().numpy()
+    inner = np.pad(keep, 1, constant_values=False)
+    interior = inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+    out = picture.copy()
+    out[keep & ~interior] = colour
+    return out
+
+
 def figure_to_array(fig: Figure) -> np.ndarray:
     """RGB uint8 array (H, W, 3) of a rendered figure, for image loggers."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)

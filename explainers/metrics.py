@@ -7,6 +7,7 @@ and count, synced across DDP ranks (torchmetrics); NaN scores are left out of th
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -132,10 +133,16 @@ class ScoreSummary(Metric):
 
 
 def summarise(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> dict[str, float]:
-    """`ScoreSummary` of already-gathered rows (no sync): {name, name_std, name_n, ...} as floats."""
+    """`ScoreSummary` of already-gathered rows (no sync): {name, name_std, name_n, name_se, ...} as floats, where
+    name_se is the standard error of the mean, the sample std (n - 1) over sqrt(n) (NaN for one value)."""
     summary = ScoreSummary(names, sync_on_compute=False)
     for row in rows:
         present = {k: torch.tensor([float(row[k])]) for k in names if k in row and row[k] is not None}
         if present:
             summary.update(present)
-    return {k: float(v) for k, v in summary.compute().items()}
+    out = {k: float(v) for k, v in summary.compute().items()}
+    for name in names:
+        if f"{name}_n" in out:
+            n = out[f"{name}_n"]
+            out[f"{name}_se"] = out[f"{name}_std"] / math.sqrt(n - 1) if n > 1 else math.nan
+    return out

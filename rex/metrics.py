@@ -57,13 +57,14 @@ def rex_metrics(
     model: nn.Module | QueryEngine, images: Tensor, maps: Tensor, target: Tensor, explanation: Tensor | None = None,
     steps: int = 50, min_confidence: float = 0.0, max_batch: int = 256, mask_value: MaskValue = None,
     engine: QueryBackend = "eager",
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Section 6, Tables 1-3: per-image size, insertion and deletion AUC of `maps`, and the explanation they were
-    measured on: `explanation` (B, 1, H, W) when the method extracted its own (ReX), else extracted from `maps`."""
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Section 6, Tables 1-3: per-image size, insertion and deletion AUC of `maps`, the explanation they were
+    measured on (`explanation` (B, 1, H, W) when the method extracted its own (ReX), else extracted from `maps`) and
+    the insertion and deletion curves (2, B, steps + 1) the AUCs integrate."""
     queries = _queries(model, max_batch, mask_value, engine)
     if explanation is None:
         size, explanation = explanation_size(queries, images, maps, target, min_confidence)
     else:
         size = explanation.flatten(1).float().mean(1)
-    _, _, ins, dele = insertion_deletion(queries, images, maps, target, steps)
-    return {"size": size, "insertion": ins, "deletion": dele}, explanation
+    ins_curve, del_curve, ins, dele = insertion_deletion(queries, images, maps, target, steps)
+    return {"size": size, "insertion": ins, "deletion": dele}, explanation, torch.stack([ins_curve, del_curve])

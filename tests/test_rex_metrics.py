@@ -70,7 +70,11 @@ def test_section6_and_ground_truth_metrics_run_together():
     maps = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
     gt = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
     gt[:, :, :2, :2] = True
-    values, explanation = rex.rex_metrics(BrightModel(), x, maps, torch.tensor([1, 1]), steps=4)
+    values, explanation, curves = rex.rex_metrics(BrightModel(), x, maps, torch.tensor([1, 1]), steps=4)
+    assert curves.shape == (2, 2, 5)
+    # the AUCs are the trapezoid areas of the returned curves over fractions 0, 1/4, ..., 1
+    area = ((curves[..., 1:] + curves[..., :-1]) / 2).sum(-1) / 4
+    assert torch.allclose(area[0], values["insertion"]) and torch.allclose(area[1], values["deletion"])
     values.update(ground_truth_metrics(maps, explanation, {"mask": gt, "occluder_mask": ~gt}))
     # a sufficient explanation of this model always contains a block pixel
     assert (values["in"] > 0).all() and torch.allclose(values["out"], values["in"])

@@ -40,10 +40,10 @@ def test_score_flags_degenerate_explanations_and_the_table_leaves_them_out():
     images = torch.ones(2, 3, 8, 8)
     maps = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
     e = Explanation(target=torch.zeros(2, dtype=torch.long), maps=maps)
-    metrics, _ = score(e, {"classifier": model}, images, {}, steps=4, min_confidence=0.0)
+    metrics, _, _ = score(e, {"classifier": model}, images, {}, steps=4, min_confidence=0.0)
     assert metrics["degenerate"].tolist() == [True, True] and metrics["size"].isnan().all()
     assert metrics["blank_probability"] == pytest.approx(torch.sigmoid(torch.tensor(0.04)).repeat(2), abs=1e-4)
-    strict, _ = score(e, {"classifier": model}, images, {}, steps=4, min_confidence=0.8)
+    strict, _, _ = score(e, {"classifier": model}, images, {}, steps=4, min_confidence=0.8)
     assert not strict["degenerate"].any() and (strict["size"] > 0).all()
     records = [{"method": "m", "degenerate": d, "seconds": 1.0, "model_calls": 1.0,
                 "metrics": {"size": s, "insertion": 0.5}} for d, s in ((True, math.nan), (False, 0.2), (False, 0.4))]
