@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from evaluation import ImageFiles, LoadedModels, discover, explain_images, load_models, split_items
+from evaluation.wandb_log import log_explanations
 from explainers import available, get
 from explainers.protocol import REQUIRED
 
@@ -126,6 +127,10 @@ def build_parser(chosen: list[str] | None = None) -> argparse.ArgumentParser:
                         "probability (auto: 0, or 0.8 for two-class models)")
     p.add_argument("--no-metrics", action="store_true", help="maps and pictures only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wandb", action="store_true",
+                   help="also log a W&B run: one table of image, map, explanation and scores per image and method "
+                        "(offline unless configured)")
+    p.add_argument("--wandb-project", default="explaining-classifiers", help="W&B project of --wandb")
     return p
 
 
@@ -164,12 +169,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     meta = {"command": command, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
             "checkpoint": str(args.ckpt), "stage": loaded.stage, "methods": methods,
             "source": args.images or {"data": args.data, "split": args.split, "limit": args.limit}}
-    return explain_images(
+    records = explain_images(
         loaded, methods, items, args.out, options, _target_index(args.target, class_names), dataset, class_names,
         meta, compare=bool(args.data) and len(methods) > 1, batch_size=args.batch_size, devices=args.devices,
         accelerator=args.accelerator, steps=args.steps, seed=args.seed, metrics=not args.no_metrics,
         srg_masks=args.srg_masks, min_confidence=args.min_confidence,
     )
+    if args.wandb and records:
+        print(f"W&B run: {log_explanations(args.out, records, meta, args.wandb_project)}")
+    return records
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -18,13 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from evaluation.configs import instantiation_error, resolve_config
 from evaluation.discovery import discover
-
-def wandb_offline() -> bool:
-    """W&B stays offline unless the user set WANDB_MODE, an API key, or logged in (~/.netrc)."""
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
-        return False
-    netrc = Path.home() / ".netrc"
-    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+from evaluation.wandb_log import wandb_offline
 
 
 class MidEpochCheckpoint(Callback):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import explain
 import train
@@ -165,3 +166,30 @@ def test_outline_paints_the_boundary_of_the_mask_only():
     assert (painted == expected).all() and (picture == 0).all()
     edge = torch.ones(3, 3, dtype=torch.bool)  # a mask touching the picture's edge is outlined along it
     assert (outline_array(np.zeros((3, 3, 3), np.uint8), edge) == [255, 255, 0]).all(-1).sum() == 8
+
+
+def test_explain_wandb_logs_one_table_of_pictures_and_scores(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))  # where a table's pictures are staged offline
+    ckpt = json.loads((run / "summary.json").read_text())["checkpoint"]
+    out = tmp_path / "out"
+    records = explain.main(["--ckpt", ckpt, "--method", "random,intervention", "--property", "object_fade", *DATA[:2],
+                            "--limit", "2", *DATA[4:], "--out", str(out), "--option", "intervention.num_steps=6",
+                            "--option", "intervention.num_permutations=20", "--steps", "8", "--wandb"])
+    table_file, = out.glob("wandb/offline-run-*/files/media/table/explanations_*.table.json")
+    table = json.loads(table_file.read_text())
+    columns = table["columns"]
+    assert columns[:3] == ["image", "map", "explanation"] and {"method", "degenerate", "insertion", "S"} <= set(columns)
+    assert len(table["data"]) == len(records) == 4
+    for row in table["data"]:
+        r = dict(zip(columns, row))
+        rec = next(x for x in records if x["image"] == r["image_name"] and x["method"] == r["method"])
+        assert r["degenerate"] == bool(rec.get("degenerate"))
+        key = "insertion" if r["method"] == "random" else "S"
+        assert r[key] == pytest.approx(rec["metrics"][key])
+        assert (r["explanation"] is None) == (r["method"] == "intervention")
+    staged = [f for f in (tmp_path / "data").rglob("*") if f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"]
+    pictures = [np.asarray(Image.open(f).convert("RGB")).astype(int) for f in staged]
+    # two images x (image, map, explanation) for random and (image, figure) for the intervention
+    assert len(pictures) == 10 and all(p.std() > 1 for p in pictures)  # none blank
