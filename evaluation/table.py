@@ -25,11 +25,12 @@ def method_summaries(records: list[dict[str, Any]]) -> tuple[list[str], dict[str
 
 
 def mean_se(stats: dict[str, float], key: str) -> str:
-    """`mean ± se` of one summarised key ("-" when absent; the mean alone for a single value), and `(n = k)` when
-    the mean is over fewer images than the method's (degenerate or undefined images left out)."""
+    """`mean ± se` of one summarised key ("-" when absent; the mean alone for a single value and for the costs,
+    which are each batch's share), and `(n = k)` when the mean is over fewer images than the method's (degenerate or
+    undefined images left out)."""
     if key not in stats:
         return "-"
-    se = stats[f"{key}_se"]
+    se = math.nan if key in COST_KEYS else stats[f"{key}_se"]
     cell = f"{stats[key]:.3f}" + ("" if math.isnan(se) else f" ± {se:.3f}")
     n = int(stats[f"{key}_n"])
     return cell if n == stats["images"] else f"{cell} (n = {n})"
@@ -44,4 +45,4 @@ def comparison_table(records: list[dict[str, Any]]) -> str:
     for m, stats in summaries.items():
         cells = [m, str(stats["images"]), str(stats["degenerate"]), *(mean_se(stats, k) for k in [*keys, *COST_KEYS])]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nmean ± standard error over images\n"
+    return "\n".join(lines) + "\n\nmean ± standard error over images; costs are each batch's share per image\n"
