@@ -36,7 +36,7 @@ class GradualInterventionCallback(EvaluationCallback):
         num_steps: int = 100,
         num_permutations: int = 1000,
         delta: float = 0.01,
-        plus_one: bool = False,
+        plus_one: bool = True,
         num_plot: int = 4,
         split: str = "test",
         exclude_classes: list[int] | None = None,

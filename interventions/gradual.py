@@ -49,7 +49,7 @@ def gradual_intervention_test(
     generator: torch.Generator | None = None,
     target_from: Literal["original", "start"] = "original",
     target: Tensor | None = None,
-    plus_one: bool = False,
+    plus_one: bool = True,
     autograd: bool = False,
     batch_size: int = 256,
 ) -> GradualInterventionResult:

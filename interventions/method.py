@@ -16,7 +16,7 @@ from interventions.properties import get_property
 def intervention_test(
     model: nn.Module, images: Tensor, target: Tensor, batch: dict[str, Any] | None = None, dataset: Any = None,
     *, property: str, region: str | None = None, area: float = 0.3, num_steps: int | None = None,
-    num_permutations: int = 1000, delta: float = 0.01, plus_one: bool = False, seed: int = 0, frames: int = 5,
+    num_permutations: int = 1000, delta: float = 0.01, plus_one: bool = True, seed: int = 0, frames: int = 5,
     batch_size: int = 256,
 ) -> Explanation:
     """Gradual interventions (Algorithm 1): the target probability along a property, S = E_x|dF/dx|, p-value, flips.

@@ -2,9 +2,11 @@
 
 Statistic S = mean |finite-difference gradient| of the ordered predictions (per unit x, i.e. the property gradient).
 A smooth dependence on x makes S SMALLER than for shuffled orders (shuffling turns a trend into jumps), so the test is
-two-sided around the permutation mean, as in the reference implementation: p = #{k : |S_k - m| >= |S - m|} / K with
-m the mean of the K permuted statistics (">=" makes a constant sequence p = 1). A one-sided "S_k >= S" test would
-call a step p ~ 1. `plus_one=True` gives the (count + 1) / (K + 1) estimate, never 0.
+two-sided around the permutation mean, as in the reference implementation: with b = #{k : |S_k - m| >= |S - m|} and
+m the mean of the K permuted statistics (">=" makes a constant sequence p = 1), p = (1 + b) / (1 + K), the standard
+Monte Carlo p-value (the observed order counts as one of the orders), which is never 0. `plus_one=False` gives the
+poster's count b / K. A one-sided "S_k >= S" test would call a step p ~ 1. The test detects any ordered change,
+however small: S and the prediction flips carry the effect size.
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ def permuted_statistics(curves: Tensor, x: Tensor, num_permutations: int, genera
     return property_gradient(shuffled, x)
 
 
-def centred_p_value(statistic: Tensor, null: Tensor, plus_one: bool = False) -> Tensor:
-    """Two-sided p-value centred on the permutation mean (reference implementation of Algorithm 1's compare)."""
+def centred_p_value(statistic: Tensor, null: Tensor, plus_one: bool = True) -> Tensor:
+    """Two-sided p-value centred on the permutation mean (reference implementation of Algorithm 1's compare):
+    (1 + b) / (1 + K), or the poster's b / K with `plus_one=False`."""
     centre = null.mean(-1, keepdim=True)
     observed = (statistic.unsqueeze(-1) - centre).abs()
     tolerance = 100 * torch.finfo(null.dtype).eps * torch.maximum(statistic.abs().unsqueeze(-1), centre.abs())
@@ -49,7 +52,7 @@ def permutation_test(
     x: Tensor | None = None,
     num_permutations: int = 1000,
     generator: torch.Generator | None = None,
-    plus_one: bool = False,
+    plus_one: bool = True,
     chunk_size: int | None = None,
 ) -> PermutationTestResult:
     """Algorithm 1 for B ordered prediction sequences (B, N) at grid x (N,): S, centred two-sided p and the null."""

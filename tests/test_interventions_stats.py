@@ -24,8 +24,8 @@ def test_constant_sequence_is_never_significant():
     res = permutation_test(curves, num_permutations=200, generator=torch.Generator().manual_seed(0))
     assert torch.equal(res.statistic, torch.zeros(3))
     assert torch.equal(res.p_value, torch.ones(3))
-    res1 = permutation_test(curves, num_permutations=200, generator=torch.Generator().manual_seed(0), plus_one=True)
-    assert torch.equal(res1.p_value, torch.ones(3))
+    poster = permutation_test(curves, num_permutations=200, generator=torch.Generator().manual_seed(0), plus_one=False)
+    assert torch.equal(poster.p_value, torch.ones(3))
 
 
 def test_step_statistic_and_p_value():
@@ -34,9 +34,9 @@ def test_step_statistic_and_p_value():
     res = permutation_test(step, x, 1000, torch.Generator().manual_seed(1))
     # central differences at indices 49 and 50 are 1 / (2h) = 49.5 per unit x, all others 0: S = 99 / 100
     assert res.statistic.item() == pytest.approx(0.99, abs=1e-5)
-    assert res.p_value.item() == 0.0
-    res1 = permutation_test(step, x, 1000, torch.Generator().manual_seed(1), plus_one=True)
-    assert res1.p_value.item() == pytest.approx(1 / 1001)
+    assert res.p_value.item() == pytest.approx(1 / 1001)  # no shuffle is as extreme; the p-value is never 0
+    poster = permutation_test(step, x, 1000, torch.Generator().manual_seed(1), plus_one=False)
+    assert poster.p_value.item() == 0.0  # the poster's count b / K
 
 
 def test_finite_differences_match_hand_computation():
@@ -49,9 +49,11 @@ def test_finite_differences_match_hand_computation():
 
 def test_centred_two_sided_p_value_by_hand():
     null = torch.tensor([[1.0, 2.0, 3.0, 4.0, 10.0]])  # mean 4, deviations 3, 2, 1, 0, 6
-    assert centred_p_value(torch.tensor([0.0]), null).item() == pytest.approx(1 / 5)  # |0 - 4| = 4: only 10 as far
-    assert centred_p_value(torch.tensor([6.0]), null).item() == pytest.approx(3 / 5)  # deviation 2: from 1, 2 and 10
-    assert centred_p_value(torch.tensor([0.0]), null, plus_one=True).item() == pytest.approx(2 / 6)
+    # |0 - 4| = 4: only 10 is as far (b = 1); deviation 2: 1, 2 and 10 are as far (b = 3)
+    assert centred_p_value(torch.tensor([0.0]), null).item() == pytest.approx(2 / 6)
+    assert centred_p_value(torch.tensor([6.0]), null).item() == pytest.approx(4 / 6)
+    assert centred_p_value(torch.tensor([0.0]), null, plus_one=False).item() == pytest.approx(1 / 5)
+    assert centred_p_value(torch.tensor([6.0]), null, plus_one=False).item() == pytest.approx(3 / 5)
 
 
 def test_noise_p_values_are_roughly_uniform():
@@ -85,7 +87,8 @@ def test_null_distribution_and_p_match_scipy_exact():
     ours = permutation_test(torch.tensor(seq)[None], num_permutations=20_000, generator=g)
     assert ours.statistic.item() == pytest.approx(ref.statistic)
     assert _ks_distance(ours.null[0].numpy(), ref.null_distribution) < 0.015  # DKW: 99% band for 20k draws
-    exact_p = centred_p_value(torch.tensor([ref.statistic]), torch.tensor(ref.null_distribution)[None]).item()
+    exact_null = torch.tensor(ref.null_distribution)[None]  # every order once, the observed one included: b / K
+    exact_p = centred_p_value(torch.tensor([ref.statistic]), exact_null, plus_one=False).item()
     assert ours.p_value.item() == pytest.approx(exact_p, abs=0.01)
     assert exact_p < 0.2  # a rising sequence: far smoother than most of its shuffles
 
@@ -101,6 +104,25 @@ def test_null_distribution_matches_scipy_monte_carlo():
     assert torch.allclose(torch.quantile(ours.null[0], qs), torch.quantile(ref_null, qs), atol=0.1 * ref_null.std())
     mc_p = centred_p_value(torch.tensor([ref.statistic]), ref_null[None]).item()
     assert ours.p_value.item() == pytest.approx(mc_p, abs=0.02)
+
+
+def test_p_value_is_scipys_monte_carlo_p_value_and_never_zero():
+    """scipy.stats.permutation_test with our centred statistic |S - m| (m fixed) and alternative="greater" counts the
+    observed order as one of the K + 1: p = (1 + b) / (1 + K), as ours by default."""
+    x = intervention_grid(50)
+    g = torch.Generator().manual_seed(6)
+    cases = [(x >= 0.5).double(), torch.rand(50, generator=g).double()]  # a step; noise
+    for seq in cases:
+        ours = permutation_test(seq[None], x.double(), 2000, g)
+        centre = ours.null.mean().item()
+        stat = lambda a, axis: np.abs(np.abs(np.gradient(a, x.double().numpy(), axis=axis)).mean(axis=axis) - centre)
+        ref = stats.permutation_test((seq.numpy(),), stat, permutation_type="pairings", n_resamples=2000,
+                                     alternative="greater", vectorized=True, rng=np.random.default_rng(7))
+        assert ours.p_value.item() > 0
+        assert ours.p_value.item() == pytest.approx(ref.pvalue, abs=0.03)
+    assert 0.05 < ours.p_value.item() < 0.95  # noise: a middling p-value, so the counts are compared, not only 0
+    step = permutation_test(cases[0][None], x.double(), 2000, g)
+    assert step.p_value.item() == pytest.approx(1 / 2001)  # scipy's smallest Monte Carlo p-value too
 
 
 def test_prediction_flips():
