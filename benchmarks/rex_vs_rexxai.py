@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import platform
 import re
 import shlex
 import statistics
@@ -338,33 +337,6 @@ def _paired_table(paired: dict[str, dict]) -> list[str]:
     return lines
 
 
-def _machine(threads: int, device: str) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
-    return (f"{cpu} ({platform.machine()}, {torch.get_num_threads()} of {__import__('os').cpu_count()} CPUs used: "
-            f"--threads {threads}){gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{platform.system()} {platform.release()}")
-
-
-def _git_commit() -> str:
-    """The commit this file runs at, with '+ uncommitted changes' when the tree differs from it."""
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return f"git {head}" + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "git unknown"
-
-
 def _preset_settings(options: dict) -> dict | None:
     """The settings a row's `preset` stands for at this commit (`rex.presets.PRESETS`), for the JSON record."""
     name = options.get("preset")
@@ -446,7 +418,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from datamodules import SyntheticDataModule
-    from evaluation import discover
+    from evaluation import discover, provenance
     from models import expand_fill
 
     discover()
@@ -568,8 +540,8 @@ def main() -> None:
     rows, ref = _rows(runs, quality)
     command = shlex.join(["python", sys.argv[0], *sys.argv[1:]])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = _machine(args.threads, dev)
-    commit = _git_commit()
+    machine = f"{provenance.machine(dev)} (--threads {args.threads})"
+    commit = provenance.code_version()
     if args.photos:
         counts = torch.bincount(predicted, minlength=2).tolist()
         named = [class_names[c] if class_names and c < len(class_names) else str(c) for c in range(len(counts))]

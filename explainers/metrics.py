@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+from scipy.stats import sem, ttest_1samp
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -146,3 +147,17 @@ def summarise(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> dict
             n = out[f"{name}_n"]
             out[f"{name}_se"] = out[f"{name}_std"] / math.sqrt(n - 1) if n > 1 else math.nan
     return out
+
+
+def paired_interval(a: Sequence[float | None], b: Sequence[float | None], level: float = 0.95) -> dict[str, float]:
+    """Mean of the per-image differences a - b over the images where both are known, with its `level` confidence
+    interval from Student's t (scipy's one-sample t-test of the differences): {mean, low, high, se, n}; NaN bounds
+    for n < 2."""
+    d = [x - y for x, y in zip(a, b, strict=True)
+         if x is not None and y is not None and not (math.isnan(x) or math.isnan(y))]
+    n = len(d)
+    if n < 2:
+        return {"mean": d[0] if n else math.nan, "low": math.nan, "high": math.nan, "se": math.nan, "n": n}
+    interval = ttest_1samp(d, 0.0).confidence_interval(level)
+    return {"mean": sum(d) / n, "low": float(interval.low), "high": float(interval.high),
+            "se": float(sem(d)), "n": n}
