@@ -27,6 +27,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from evaluation import comparison_table, discover, explain_images, load_models, split_items  # noqa: E402
+from evaluation import provenance  # noqa: E402
 from evaluation.report import write_report  # noqa: E402
 from explainers import available, get  # noqa: E402
 from models import QueryEngine  # noqa: E402
@@ -124,23 +125,24 @@ def main(argv: list[str] | None = None) -> Path:
     minutes = (time.time() - start) / 60
     access_of = {m: get(m.split()[0]).access for m in dict.fromkeys(r["method"] for r in records)}
     access = ", ".join(f"{m} ({a})" for m, a in access_of.items())
-    command = f"python benchmarks/methods_comparison.py {' '.join(argv if argv is not None else sys.argv[1:])}"
+    command = provenance.command(__file__, argv)
     blank_class = masked_class(ckpt)
     images = {r["image"]: r["target"] for r in records}
     blank = sum(t == blank_class for t in images.values())
     table = Path(args.table)
     table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(
-        "# Attribution methods on the synthetic ground-truth scenes\n\n"
-        f"Command: `{command}`\n\n"
-        f"Checkpoint `{ckpt}`; {args.limit} images of the {args.data} test split; "
-        f"{'tabulated from the summary.json of the earlier run' if reused else f'{minutes:.1f} min in all'}.\n"
+        provenance.header(__file__, [ckpt, *([args.vit_shapley] if args.vit_shapley else [])],
+                          f"the first {args.limit} images of the {args.data} test split", argv)
+        + "\n# Attribution methods on the synthetic ground-truth scenes\n\n"
+        f"{'Tabulated from the summary.json of the earlier run' if reused else f'{minutes:.1f} min in all'}.\n"
         f"Methods (access): {access}.\n\n"
         "size: explanation size (fraction of the image, Algorithm 3 extraction on each map; lower is better); "
         "insertion / deletion: normalised AUC (ReX section 6; insertion higher, deletion lower is better); "
         "in: fraction of the explanation inside the target object; out: fraction outside the occluders; "
         "srg / r_srg: Salvage eq. 7-8 on the surrogate (higher is better); rra / rma: relevance rank / mass accuracy "
-        "against the object mask. Mean ± standard error over images; seconds and classifier calls per image (batch share).\n\n"
+        "against the object mask. Mean ± standard error over images; seconds and classifier calls per image "
+        "(batch share).\n\n"
         f"The classifier calls the fully masked image (its mean colour) class {blank_class}, so the {blank} of "
         f"{len(images)} images with that target are 'explained' by any single pixel, whatever the map.\n\n"
         + comparison_table(records)
