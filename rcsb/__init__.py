@@ -26,7 +26,8 @@ from rcsb.checkpoints import extract_i2sb_state_dict, load_i2sb_weights
 from rcsb.callback import RCSBCallback
 from rcsb.method import rcsb_explain
 from rcsb.stage import PRESETS, BridgeModule, build_network
-from rcsb.guidance import AdamStabilizer, adaptive_normalise, from_bridge, rcsb_sample, to_bridge
+from rcsb.guidance import CLF_INPUTS, AdamStabilizer, adaptive_normalise, classifier_input, from_bridge, rcsb_sample
+from rcsb.guidance import to_bridge
 from rcsb.network import ADM256_CONFIG, TINY_CONFIG, ADMUNet, adm256, adm_tiny, timestep_embedding
 from rcsb.regions import MASK_FAMILIES, box_mask, freeform_mask, mask_bank, random_cell_mask, training_masks
 
@@ -37,6 +38,7 @@ __all__ = [
     "AdamStabilizer",
     "BridgeModule",
     "BridgeSchedule",
+    "CLF_INPUTS",
     "MASK_FAMILIES",
     "PRESETS",
     "TINY_CONFIG",
@@ -46,6 +48,7 @@ __all__ = [
     "box_mask",
     "bridge_sample",
     "build_network",
+    "classifier_input",
     "extract_i2sb_state_dict",
     "freeform_mask",
     "from_bridge",

@@ -7,7 +7,9 @@ the classifier's log-probability. Outside the region the result is the original 
 One step, from step ``t`` to ``prev`` (all four improvements of the paper can be switched off for its ablation):
 
 1. x0_hat = x_t - std_fwd[t] * net(x_t, t) (Tweedie's estimate of the clean image);
-2. g = d/dx_t log softmax(f(x0_hat))[B], back-propagated through the network (``tweedie=False``: f sees x_t);
+2. g = d/dx_t log softmax(f(c(x0_hat)))[B], back-propagated through the network (``tweedie=False``: f sees x_t);
+   c maps the bridge's [-1, 1] to the classifier's [0, 1]: (x + 1) / 2 (``clf_input="affine"``) or the authors'
+   per-image min-max stretch (``clf_input="minmax"``, see :func:`classifier_input`);
 3. ADAM stabilisation of g (``adam``; bias-corrected, a fresh state per trajectory);
 4. adaptive normalisation (``normalise``): divide by the per-image norm of the first update, kept for the run;
 5. x_t <- x_t + scale * update, then x_prev = p_posterior(prev, t, x_t, x0_hat) (OT-ODE);
@@ -28,7 +30,11 @@ from torch import Tensor, nn
 
 from rcsb.bridge import BridgeSchedule, inpainting_x1, p_posterior, predict_x0, q_sample, sample_steps
 
-__all__ = ["AdamStabilizer", "adaptive_normalise", "rcsb_sample", "to_bridge", "from_bridge"]
+__all__ = ["CLF_INPUTS", "AdamStabilizer", "adaptive_normalise", "classifier_input", "rcsb_sample", "to_bridge",
+           "from_bridge"]
+
+#: How the classifier sees a bridge-space image: "affine" ((x + 1) / 2) or "minmax" (per-image min-max stretch).
+CLF_INPUTS = ("affine", "minmax")
 
 #: ``on_step(step, prev, x_t, x0_hat, grad, update)``: called once per step (after the update is formed), for tracing.
 StepCallback = Callable[[int, int, Tensor, Tensor, Tensor, Tensor], None]
@@ -102,6 +108,22 @@ def adaptive_normalise(update: Tensor, first_norm: Optional[Tensor] = None) -> t
     return update / scale, first_norm
 
 
+def classifier_input(x: Tensor, mode: str = "affine") -> Tensor:
+    """RCSB's classifier input f(x0_hat(x_t)) (Sobieski et al. 2025, "Tweedie's formula"): [-1, 1] mapped to [0, 1].
+
+    "affine" is (x + 1) / 2; "minmax" stretches each image to its own [min, max] -> [0, 1] (the authors'
+    ``from_m1p1_to_01``), differentiable through the min and max like theirs. A constant image maps to 0.
+    """
+    if mode == "affine":
+        return from_bridge(x)
+    if mode == "minmax":
+        flat = x.flatten(1)
+        shape = (-1, *([1] * (x.ndim - 1)))
+        low, high = flat.amin(1).view(shape), flat.amax(1).view(shape)
+        return (x - low) / (high - low).clamp_min(torch.finfo(x.dtype).tiny)
+    raise ValueError(f"clf_input must be one of {', '.join(CLF_INPUTS)}, got {mode!r}")
+
+
 def _region_mask(region: Tensor, images: Tensor) -> Tensor:
     if region.dtype != torch.bool:
         if not bool(((region == 0) | (region == 1)).all()):
@@ -141,6 +163,7 @@ def rcsb_sample(
     tweedie: bool = True,
     adam: bool = True,
     normalise: bool = True,
+    clf_input: str = "affine",
     generator: Optional[torch.Generator] = None,
     on_step: Optional[StepCallback] = None,
 ) -> Tensor:
@@ -160,6 +183,8 @@ def rcsb_sample(
         tweedie: the classifier sees Tweedie's x0_hat(x_t) (else x_t itself).
         adam: ADAM stabilisation of the gradients (else the raw gradient).
         normalise: adaptive normalisation by the first update's per-image norm (else the raw scale).
+        clf_input: how the classifier sees the bridge's [-1, 1] images: "affine" ((x + 1) / 2) or "minmax" (the
+            authors' per-image min-max stretch to [0, 1]), see :func:`classifier_input`.
         generator: RNG of the inpainting noise x1 (the OT-ODE walk itself is deterministic).
         on_step: optional ``(step, prev, x_t, x0_hat, grad, update)`` callback per step, for tracing.
 
@@ -178,6 +203,8 @@ def rcsb_sample(
     steps = sample_steps(start, nfe)  # validates nfe against start
     if not scale >= 0:
         raise ValueError(f"scale must be >= 0, got {scale}")
+    if clf_input not in CLF_INPUTS:
+        raise ValueError(f"clf_input must be one of {', '.join(CLF_INPUTS)}, got {clf_input!r}")
     b = images.shape[0]
     images = images.detach()
     region = _region_mask(region, images)
@@ -193,7 +220,7 @@ def rcsb_sample(
     first_norm: Optional[Tensor] = None
 
     def log_prob(seen: Tensor) -> Tensor:
-        logits = classifier(from_bridge(seen))
+        logits = classifier(classifier_input(seen, clf_input))
         if logits.ndim != 2 or logits.shape[0] != b:
             raise ValueError(f"the classifier must return logits (B, classes) = ({b}, C), got {tuple(logits.shape)}")
         return F.log_softmax(logits.float(), dim=1)[rows, target]

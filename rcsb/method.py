@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from explainers.protocol import Explanation, explainer
 from explainers.regions import make_region
-from rcsb.guidance import rcsb_sample
+from rcsb.guidance import CLF_INPUTS, rcsb_sample
 from rcsb.stage import BridgeModule
 
 __all__ = ["rcsb_explain"]
@@ -40,17 +40,21 @@ def rcsb_explain(
     tweedie: bool = True,
     adam: bool = True,
     normalise: bool = True,
+    clf_input: str = "affine",
     seed: int = 0,
 ) -> Explanation:
     """RCSB (Sobieski et al. 2025): region-constrained counterfactuals towards `target` with a guided I2SB bridge.
 
     The region is "auto:METHOD" (METHOD's map of the predicted class, top cells covering `area`, cells of `cells`
-    px, default image size / 16), "truth" (batch["mask"]), a PNG mask file or a (B, 1, H, W) tensor; nfe, start, scale, tweedie, adam and
-    normalise are the sampler's (rcsb.guidance.rcsb_sample); seed draws the inpainting noise. Scores per image:
-    target_probability / original_probability (p of `target` after / before), flipped (argmax == target),
-    l1_inside (mean |change| over the region's pixels and channels), l2_inside (root mean square change there) and
-    change_outside (max |change| outside the region: 0).
+    px, default image size / 16), "truth" (batch["mask"]), a PNG mask file or a (B, 1, H, W) tensor; nfe, start,
+    scale, tweedie, adam, normalise and clf_input ("affine": the classifier sees (x0_hat + 1) / 2, "minmax": the
+    authors' per-image min-max stretch) are the sampler's (rcsb.guidance.rcsb_sample); seed draws the inpainting
+    noise. Scores per image: target_probability / original_probability (p of `target` after / before), flipped
+    (argmax == target), l1_inside (mean |change| over the region's pixels and channels), l2_inside (root mean square
+    change there) and change_outside (max |change| outside the region: 0).
     """
+    if clf_input not in CLF_INPUTS:
+        raise ValueError(f"clf_input must be one of {', '.join(CLF_INPUTS)}, got {clf_input!r}")
     b = images.shape[0]
     with torch.no_grad():
         probs = torch.softmax(model(images).float(), dim=1)
@@ -73,7 +77,7 @@ def rcsb_explain(
     generator = torch.Generator(device=device).manual_seed(int(seed))
     counterfactual = rcsb_sample(
         bridge.denoiser(), bridge.schedule_on(device), model, images, mask, target, nfe=nfe, start=start, scale=scale,
-        tweedie=tweedie, adam=adam, normalise=normalise, generator=generator,
+        tweedie=tweedie, adam=adam, normalise=normalise, clf_input=clf_input, generator=generator,
     )
 
     rows = torch.arange(b, device=device)

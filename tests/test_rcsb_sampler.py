@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from rcsb import AdamStabilizer, BridgeSchedule, adaptive_normalise, adm_tiny, rcsb_sample, sample_steps
+from rcsb import CLF_INPUTS, AdamStabilizer, BridgeSchedule, adaptive_normalise, adm_tiny, classifier_input, rcsb_sample
+from rcsb import sample_steps
 
 SIZE = 32
 
@@ -175,3 +176,44 @@ def test_the_unguided_control_never_calls_the_classifier_and_equals_a_vanishing_
     tiny = rcsb_sample(net, sched, clf, images, region, 1, scale=1e-12, generator=torch.Generator().manual_seed(0),
                        **opts)
     assert torch.allclose(control, tiny, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the classifier's view of x0_hat
+
+
+def test_classifier_input_affine_and_per_image_minmax():
+    x = torch.stack([torch.linspace(-0.5, 0.3, 12).view(3, 2, 2), torch.linspace(-2.0, 1.5, 12).view(3, 2, 2)])
+    torch.testing.assert_close(classifier_input(x, "affine"), (x + 1) / 2)
+    stretched = classifier_input(x, "minmax")
+    for i in range(2):  # each image on its own: its min goes to 0 and its max to 1
+        lo, hi = float(x[i].min()), float(x[i].max())
+        torch.testing.assert_close(stretched[i], (x[i] - lo) / (hi - lo))
+    assert torch.equal(classifier_input(torch.full((1, 3, 2, 2), 0.4), "minmax"), torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="clf_input must be one of affine, minmax"):
+        classifier_input(x, "sigmoid")
+
+
+def test_clf_input_changes_what_the_classifier_sees_and_is_checked(setup):
+    seen = {}
+
+    class Recorder(nn.Module):
+        def __init__(self, clf, key):
+            super().__init__()
+            self.clf, self.key = clf, key
+
+        def forward(self, x):
+            seen.setdefault(self.key, x.detach().clone())
+            return self.clf(x)
+
+    net, sched, clf, images, region = setup
+    outs = {}
+    for mode in CLF_INPUTS:
+        outs[mode] = rcsb_sample(net, sched, Recorder(clf, mode), images, region, 1, nfe=2, start=300, clf_input=mode,
+                                 generator=torch.Generator().manual_seed(0))
+    flat = seen["minmax"].flatten(1)
+    torch.testing.assert_close(flat.amin(1), torch.zeros(2))
+    torch.testing.assert_close(flat.amax(1), torch.ones(2))
+    assert not torch.allclose(seen["affine"], seen["minmax"])
+    assert not torch.allclose(outs["affine"], outs["minmax"], atol=1e-6)
+    with pytest.raises(ValueError, match="clf_input"):
+        rcsb_sample(net, sched, clf, images, region, 1, nfe=2, start=300, clf_input="raw")

@@ -225,3 +225,19 @@ def test_rcsb_method_refuses_a_target_out_of_range_and_bad_regions(trained, batc
     with pytest.raises(ValueError, match="needs a classifier and a bridge|needs a bridge"):
         get("rcsb")({"classifier": _classifier()}, batch["image"], 1)
     assert get("rcsb").fn is rcsb_explain.fn and get("rcsb").access == "white"
+
+
+def test_rcsb_sampler_details_are_options_with_the_project_defaults(trained, batch):
+    options = get("rcsb").options
+    assert options["start"] == 650 and options["clf_input"] == "affine"  # the authors: start 700, clf_input minmax
+    authors = _run(trained, batch, region="truth", clf_input="minmax", start=210)
+    ours = _run(trained, batch, region="truth")
+    assert not torch.allclose(authors.counterfactual, ours.counterfactual)
+
+    class Refuses(nn.Module):
+        def forward(self, x):
+            raise AssertionError("a bad option is refused before the classifier runs")
+
+    with pytest.raises(ValueError, match="clf_input must be one of affine, minmax"):
+        get("rcsb")({"classifier": Refuses(), "bridge": trained["module"]}, batch["image"], 1, region="truth",
+                    batch=batch, clf_input="01")
