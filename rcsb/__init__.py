@@ -22,9 +22,9 @@ from rcsb.bridge import (
     sample_steps,
     training_target,
 )
-from rcsb.checkpoints import extract_i2sb_state_dict, load_i2sb_weights
+from rcsb.checkpoints import extract_i2sb_state_dict, load_i2sb_pair, load_i2sb_weights
 from rcsb.callback import RCSBCallback
-from rcsb.method import rcsb_explain
+from rcsb.method import BRIDGE_WEIGHTS, rcsb_explain
 from rcsb.stage import PRESETS, BridgeModule, build_network
 from rcsb.guidance import CLF_INPUTS, AdamStabilizer, adaptive_normalise, classifier_input, from_bridge, rcsb_sample
 from rcsb.guidance import to_bridge
@@ -37,6 +37,7 @@ __all__ = [
     "ADMUNet",
     "AdamStabilizer",
     "BridgeModule",
+    "BRIDGE_WEIGHTS",
     "BridgeSchedule",
     "CLF_INPUTS",
     "MASK_FAMILIES",
@@ -54,6 +55,7 @@ __all__ = [
     "from_bridge",
     "inpainting_loss",
     "inpainting_x1",
+    "load_i2sb_pair",
     "load_i2sb_weights",
     "make_betas",
     "mask_bank",

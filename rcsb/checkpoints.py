@@ -24,7 +24,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["extract_i2sb_state_dict", "load_i2sb_weights"]
+__all__ = ["extract_i2sb_state_dict", "load_i2sb_pair", "load_i2sb_weights", "read_checkpoint"]
 
 _PREFIX = "diffusion_model."  # I2SB's Image256Net holds the UNetModel as self.diffusion_model
 _EXPECTED = (
@@ -143,24 +143,13 @@ def _torch_load(path: str, map_location: Union[str, torch.device]) -> Any:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_i2sb_weights(
-    path: Union[str, os.PathLike],
-    net: nn.Module,
-    use_ema: bool = True,
-    map_location: Union[str, torch.device] = "cpu",
-) -> nn.Module:
-    """I2SB Runner.__init__ (opt.load) + ema.average_parameters: load a released checkpoint's (EMA) weights into ``net``.
-
-    Reads ``path`` with ``torch.load(weights_only=True)``, strips the ``diffusion_model.`` prefix,
-    maps the EMA shadow list onto parameter names, and loads strictly. Returns ``net``.
-    Raises FileNotFoundError for a missing file and ValueError, naming the problem and the fix,
-    for anything that is not such a checkpoint or does not fit ``net``.
-    """
+def read_checkpoint(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of a weights file, with FileNotFoundError / ValueError that name the fix."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
     try:
-        checkpoint = _torch_load(path, map_location)
+        return _torch_load(path, map_location)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if found:  # a pickle that needs Python code (a class or function) to rebuild
@@ -175,8 +164,45 @@ def load_i2sb_weights(
             f"{path!r} is not a readable PyTorch checkpoint ({type(err).__name__}: {_last_line(err)}); "
             f"the file may be truncated or of another format; {_EXPECTED}."
         ) from None
+
+
+def _has(checkpoint: Any, entry: str) -> bool:
+    return isinstance(checkpoint, Mapping) and checkpoint.get(entry) is not None
+
+
+def load_i2sb_weights(
+    path: Union[str, os.PathLike],
+    net: nn.Module,
+    use_ema: bool = True,
+    map_location: Union[str, torch.device] = "cpu",
+) -> nn.Module:
+    """I2SB Runner.__init__ (opt.load) + ema.average_parameters: load a released checkpoint's (EMA) weights into ``net``.
+
+    Reads ``path`` with ``torch.load(weights_only=True)``, strips the ``diffusion_model.`` prefix,
+    maps the EMA shadow list onto parameter names, and loads strictly. Returns ``net``.
+    Raises FileNotFoundError for a missing file and ValueError, naming the problem and the fix,
+    for anything that is not such a checkpoint or does not fit ``net``.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    _load(checkpoint, net, use_ema, os.fspath(path))
+    return net
+
+
+def _load(checkpoint: Any, net: nn.Module, use_ema: bool, path: str) -> None:
     state = extract_i2sb_state_dict(checkpoint, net, use_ema=use_ema)
-    source = f"{path!r} ({'EMA' if use_ema and isinstance(checkpoint, Mapping) and 'ema' in checkpoint else 'raw'} weights)"
+    source = f"{path!r} ({'EMA' if use_ema and _has(checkpoint, 'ema') else 'raw'} weights)"
     _check_compatible(state, net, source)
     net.load_state_dict(state, strict=True)
-    return net
+
+
+def load_i2sb_pair(path: Union[str, os.PathLike], net: nn.Module, ema: nn.Module,
+                   map_location: Union[str, torch.device] = "cpu") -> None:
+    """I2SB Runner.__init__ (opt.load): the checkpoint's raw 'net' weights into ``net`` and its EMA into ``ema``.
+
+    A file with only one of them (or a bare state dict) fills both networks with it.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    path = os.fspath(path)
+    has_net, has_ema = _has(checkpoint, "net"), _has(checkpoint, "ema")
+    _load(checkpoint, net, has_ema and not has_net, path)
+    _load(checkpoint, ema, has_ema or not has_net, path)

@@ -21,7 +21,10 @@ from explainers.regions import make_region
 from rcsb.guidance import CLF_INPUTS, rcsb_sample
 from rcsb.stage import BridgeModule
 
-__all__ = ["rcsb_explain"]
+__all__ = ["BRIDGE_WEIGHTS", "rcsb_explain"]
+
+#: The bridge weights RCSB samples with: its EMA copy (I2SB's choice) or the raw trained network.
+BRIDGE_WEIGHTS = ("ema", "raw")
 
 
 @explainer("rcsb", access="white", needs=("bridge",))
@@ -41,6 +44,7 @@ def rcsb_explain(
     adam: bool = True,
     normalise: bool = True,
     clf_input: str = "affine",
+    bridge_weights: str = "ema",
     seed: int = 0,
 ) -> Explanation:
     """RCSB (Sobieski et al. 2025): region-constrained counterfactuals towards `target` with a guided I2SB bridge.
@@ -48,13 +52,16 @@ def rcsb_explain(
     The region is "auto:METHOD" (METHOD's map of the predicted class, top cells covering `area`, cells of `cells`
     px, default image size / 16), "truth" (batch["mask"]), a PNG mask file or a (B, 1, H, W) tensor; nfe, start,
     scale, tweedie, adam, normalise and clf_input ("affine": the classifier sees (x0_hat + 1) / 2, "minmax": the
-    authors' per-image min-max stretch) are the sampler's (rcsb.guidance.rcsb_sample); seed draws the inpainting
-    noise. Scores per image: target_probability / original_probability (p of `target` after / before), flipped
+    authors' per-image min-max stretch) are the sampler's (rcsb.guidance.rcsb_sample); bridge_weights picks the
+    bridge's "ema" weights (as I2SB samples) or its "raw" trained ones (as the authors' code loads them); seed draws
+    the inpainting noise. Scores per image: target_probability / original_probability (p of `target` after / before), flipped
     (argmax == target), l1_inside (mean |change| over the region's pixels and channels), l2_inside (root mean square
     change there) and change_outside (max |change| outside the region: 0).
     """
     if clf_input not in CLF_INPUTS:
         raise ValueError(f"clf_input must be one of {', '.join(CLF_INPUTS)}, got {clf_input!r}")
+    if bridge_weights not in BRIDGE_WEIGHTS:
+        raise ValueError(f"bridge_weights must be one of {', '.join(BRIDGE_WEIGHTS)}, got {bridge_weights!r}")
     b = images.shape[0]
     with torch.no_grad():
         probs = torch.softmax(model(images).float(), dim=1)
@@ -76,8 +83,9 @@ def rcsb_explain(
     device = images.device
     generator = torch.Generator(device=device).manual_seed(int(seed))
     counterfactual = rcsb_sample(
-        bridge.denoiser(), bridge.schedule_on(device), model, images, mask, target, nfe=nfe, start=start, scale=scale,
-        tweedie=tweedie, adam=adam, normalise=normalise, clf_input=clf_input, generator=generator,
+        bridge.denoiser(ema=bridge_weights == "ema"), bridge.schedule_on(device), model, images, mask, target, nfe=nfe,
+        start=start, scale=scale, tweedie=tweedie, adam=adam, normalise=normalise, clf_input=clf_input,
+        generator=generator,
     )
 
     rows = torch.arange(b, device=device)

@@ -4,7 +4,7 @@ Training (I2SB Runner.train, inpainting): x0 is the image in [-1, 1], x1 its cor
 see :func:`rcsb.regions.training_masks`), a step uniform in [0, T), x_t the bridge marginal between them, and the
 network regresses ``training_target`` on the masked area (``inpainting_loss``). AdamW without weight decay; an EMA
 copy of the network (kept in this module's state_dict, so checkpoints carry it) is what validation, sampling and
-RCSB use (:meth:`BridgeModule.denoiser`).
+RCSB use by default (:meth:`BridgeModule.denoiser`; the raw network is the other choice).
 """
 from __future__ import annotations
 
@@ -129,13 +129,13 @@ class BridgeModule(StageModule):
 
     @classmethod
     def from_i2sb(cls, path: Union[str, os.PathLike], network: Union[str, dict[str, Any]] = "adm256",
-                  image_size: int = 256, use_ema: bool = True, **kwargs: Any) -> "BridgeModule":
-        """A bridge stage holding a released NVlabs I2SB checkpoint's weights (EMA by default) in both networks."""
-        from rcsb.checkpoints import load_i2sb_weights
+                  image_size: int = 256, **kwargs: Any) -> "BridgeModule":
+        """A bridge stage holding a released NVlabs I2SB checkpoint: its raw 'net' weights in ``net``, its EMA in
+        ``ema`` (a file with one of them fills both), so that sampling can use either (:meth:`denoiser`)."""
+        from rcsb.checkpoints import load_i2sb_pair
 
         module = cls(network=network, image_size=image_size, **kwargs)
-        load_i2sb_weights(path, module.net, use_ema=use_ema)
-        module.ema.load_state_dict(module.net.state_dict())
+        load_i2sb_pair(path, module.net, module.ema)
         return module
 
     def schedule_on(self, device: torch.device) -> BridgeSchedule:
@@ -145,9 +145,11 @@ class BridgeModule(StageModule):
             self._schedules[device] = self.schedule.to(device)
         return self._schedules[device]
 
-    def denoiser(self) -> nn.Module:
-        """The EMA network (x in [-1, 1], time input) -> eps, in eval mode: what sampling and RCSB use."""
-        return self.ema.eval()
+    def denoiser(self, ema: bool = True) -> nn.Module:
+        """The network (x in [-1, 1], time input) -> eps that sampling and RCSB use: the EMA weights in eval mode (as
+        I2SB samples, the default) or the raw trained ones (``ema=False``, in the module's own mode; what the RCSB
+        authors' code loads: ``checkpoint['net']``)."""
+        return self.ema.eval() if ema else self.net
 
     def train(self, mode: bool = True) -> "BridgeModule":
         super().train(mode)

@@ -246,3 +246,20 @@ def test_loader_errors_are_clear(tmp_path, source_net):
     renamed = dict(ckpt, net={k.replace("diffusion_model.", "backbone."): v for k, v in ckpt["net"].items()})
     with pytest.raises(ValueError, match="diffusion_model"):
         extract_i2sb_state_dict(renamed, adm_tiny())
+
+
+def test_from_i2sb_keeps_the_raw_weights_in_net_and_the_ema_in_ema(tmp_path, source_net):
+    from rcsb import BridgeModule
+
+    path = tmp_path / "latest.pt"
+    ckpt = _fake_i2sb_checkpoint(source_net)
+    torch.save(ckpt, path)
+    module = BridgeModule.from_i2sb(path, network="tiny", image_size=32)
+    for (name, raw), (_, ema), src in zip(module.net.named_parameters(), module.ema.named_parameters(),
+                                          source_net.parameters()):
+        assert torch.equal(raw, src) and torch.equal(ema, src + 1.0), name
+    assert module.denoiser() is module.ema and module.denoiser(ema=False) is module.net
+    torch.save({"net": ckpt["net"]}, path)  # one of the two: it fills both networks
+    module = BridgeModule.from_i2sb(path, network="tiny", image_size=32)
+    assert all(torch.equal(a, b) for a, b in zip(module.net.parameters(), module.ema.parameters()))
+    assert torch.equal(module.ema.out[2].weight, source_net.out[2].weight)

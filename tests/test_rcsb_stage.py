@@ -15,7 +15,7 @@ import explainers.baselines  # noqa: F401  (registers "occlusion", used by regio
 from datamodules.synthetic import SyntheticScenes
 from explainers.protocol import get
 from models.stages import load_checkpoint, load_stage
-from rcsb import BridgeModule, rcsb_explain, training_masks
+from rcsb import BridgeModule, rcsb_explain, rcsb_sample, training_masks
 
 SIZE = 16
 STEPS = 20
@@ -241,3 +241,27 @@ def test_rcsb_sampler_details_are_options_with_the_project_defaults(trained, bat
     with pytest.raises(ValueError, match="clf_input must be one of affine, minmax"):
         get("rcsb")({"classifier": Refuses(), "bridge": trained["module"]}, batch["image"], 1, region="truth",
                     batch=batch, clf_input="01")
+
+
+def test_raw_and_ema_weights_load_their_own_tensors_and_give_different_counterfactuals(trained, batch):
+    state = load_checkpoint(trained["path"])["state_dict"]
+    loaded = load_stage(trained["path"], expect="bridge").eval()
+    for ema, prefix in ((True, "ema."), (False, "net.")):
+        own = loaded.denoiser(ema=ema).state_dict()
+        assert own.keys() == {k[len(prefix):] for k in state if k.startswith(prefix)}
+        assert all(torch.equal(v, state[prefix + k]) for k, v in own.items()), prefix
+    assert loaded.denoiser() is loaded.ema and loaded.denoiser(ema=False) is loaded.net
+    assert not torch.equal(state["ema.out.2.weight"], state["net.out.2.weight"])
+
+    models = {"classifier": _classifier(), "bridge": loaded}
+    options = dict(region="truth", nfe=2, start=200, batch=batch)
+    ema = get("rcsb")(models, batch["image"], 1, **options)
+    raw = get("rcsb")(models, batch["image"], 1, bridge_weights="raw", **options)
+    assert get("rcsb").options["bridge_weights"] == "ema"
+    assert not torch.allclose(ema.counterfactual, raw.counterfactual)
+    with torch.enable_grad():
+        by_hand = rcsb_sample(loaded.net, loaded.schedule, models["classifier"], batch["image"], batch["mask"], 1,
+                              nfe=2, start=200, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(raw.counterfactual, by_hand)
+    with pytest.raises(ValueError, match="bridge_weights must be one of ema, raw"):
+        get("rcsb")(models, batch["image"], 1, bridge_weights="last", **options)
