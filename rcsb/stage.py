@@ -2,9 +2,10 @@
 
 Training (I2SB Runner.train, inpainting): x0 is the image in [-1, 1], x1 its corruption (noise in a training mask,
 see :func:`rcsb.regions.training_masks`), a step uniform in [0, T), x_t the bridge marginal between them, and the
-network regresses ``training_target`` on the masked area (``inpainting_loss``). AdamW without weight decay; an EMA
-copy of the network (kept in this module's state_dict, so checkpoints carry it) is what validation, sampling and
-RCSB use by default (:meth:`BridgeModule.denoiser`; the raw network is the other choice).
+network regresses ``training_target`` on the masked area (``inpainting_loss``). AdamW without weight decay, the
+rate decayed by I2SB's StepLR (0.99 every 1000 steps); an EMA copy of the network (kept in this module's
+state_dict, so checkpoints carry it) is what validation, sampling and RCSB use by default
+(:meth:`BridgeModule.denoiser`; the raw network is the other choice).
 """
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ class BridgeModule(StageModule):
         beta_max: the schedule's peak diffusion (I2SB inpainting: 1.0).
         ot_ode: train on the deterministic OT-ODE bridge marginal (how I2SB's inpainting models were trained).
         lr: AdamW learning rate (no weight decay), I2SB's 5e-5 by default.
+        lr_step, lr_gamma: I2SB's learning-rate decay (``--lr-step``, ``--lr-gamma``): StepLR, the rate multiplied by
+            ``lr_gamma`` every ``lr_step`` optimiser steps (1000 and 0.99, stepped per iteration); ``lr_gamma=1``
+            keeps the rate constant.
         ema_decay: decay of the EMA weights.
         ema_warmup: torch_ema's (and so I2SB's) warm-up: decay min(ema_decay, (1 + n) / (10 + n)) at update n.
         val_samples: images inpainted with the EMA weights and logged to W&B at each validation (0: none).
@@ -89,6 +93,8 @@ class BridgeModule(StageModule):
         beta_max: float = 1.0,
         ot_ode: bool = True,
         lr: float = 5e-5,
+        lr_step: int = 1000,
+        lr_gamma: float = 0.99,
         ema_decay: float = 0.99,
         ema_warmup: bool = True,
         val_samples: int = 4,
@@ -101,6 +107,10 @@ class BridgeModule(StageModule):
         super().__init__()
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        if isinstance(lr_step, bool) or not isinstance(lr_step, int) or lr_step < 1:
+            raise ValueError(f"lr_step must be a positive int (optimiser steps between decays), got {lr_step!r}")
+        if not 0.0 < lr_gamma <= 1.0:
+            raise ValueError(f"lr_gamma must lie in (0, 1] (1: no decay), got {lr_gamma}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
         if mask_bank < 0:
@@ -229,8 +239,12 @@ class BridgeModule(StageModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.update_ema()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.adamw(self.net.parameters(), self.hparams.lr, 0.0)
+    def configure_optimizers(self) -> dict[str, Any]:
+        """I2SB's build_optimizer_sched: AdamW without weight decay and StepLR(lr_step, lr_gamma) stepped per
+        optimiser step (I2SB steps it once per training iteration)."""
+        optimizer = self.adamw(self.net.parameters(), self.hparams.lr, 0.0)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.hparams.lr_step, self.hparams.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ evaluation
 

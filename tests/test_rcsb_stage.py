@@ -69,7 +69,7 @@ def test_the_bridge_steps_with_fused_adamw_except_under_fp16(trained):
     assert trained["trainer"].optimizers[0].defaults["fused"] is True  # CPU at 32-true: one kernel for all tensors
     module = BridgeModule(network="tiny", image_size=SIZE)
     module._trainer = SimpleNamespace(precision="16-mixed")  # GradScaler's unscaling would clash with clipping
-    assert module.configure_optimizers().defaults["fused"] is False
+    assert module.configure_optimizers()["optimizer"].defaults["fused"] is False
 
 
 def test_ema_weights_move_slowly_towards_the_trained_ones(trained):
@@ -115,6 +115,10 @@ def test_training_draws_its_masks_from_the_bank():
 
 
 def test_bad_stage_arguments():
+    with pytest.raises(ValueError, match="lr_step"):
+        BridgeModule(network="tiny", image_size=SIZE, lr_step=0)
+    with pytest.raises(ValueError, match="lr_gamma"):
+        BridgeModule(network="tiny", image_size=SIZE, lr_gamma=1.5)
     with pytest.raises(ValueError, match="preset"):
         BridgeModule(network="huge", image_size=SIZE)
     with pytest.raises(ValueError, match="divisible"):
@@ -265,3 +269,31 @@ def test_raw_and_ema_weights_load_their_own_tensors_and_give_different_counterfa
     torch.testing.assert_close(raw.counterfactual, by_hand)
     with pytest.raises(ValueError, match="bridge_weights must be one of ema, raw"):
         get("rcsb")(models, batch["image"], 1, bridge_weights="last", **options)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_learning_rate_decays_as_i2sb_steplr_per_optimiser_step(accumulate):
+    lr, step_size, gamma, n = 1e-3, 3, 0.5, 7
+    module = BridgeModule(network="tiny", image_size=SIZE, lr=lr, lr_step=step_size, lr_gamma=gamma, val_samples=0)
+    loader = DataLoader(SyntheticScenes("train", 8, img_size=SIZE, progress=False), batch_size=2)
+    trainer = L.Trainer(max_steps=n, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        accumulate_grad_batches=accumulate)
+    trainer.fit(module, loader)
+    assert trainer.global_step == n
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(lr * gamma ** (n // step_size), rel=1e-12)
+
+
+@pytest.mark.parametrize("gamma", [0.99, 1.0])
+def test_i2sb_s_default_schedule_over_thousands_of_steps(gamma):
+    module = BridgeModule(network="tiny", image_size=SIZE, lr_gamma=gamma)
+    assert module.hparams.lr_step == 1000 and module.hparams.lr == 5e-5
+    module._trainer = SimpleNamespace(precision="32-true")
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step" and config["lr_scheduler"]["frequency"] == 1
+    for n in range(1, 2501):
+        optimizer.step()
+        scheduler.step()
+        if n in (999, 1000, 1999, 2000, 2500):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-5 * gamma ** (n // 1000), rel=1e-12), n
