@@ -3,7 +3,7 @@
 * :mod:`rcsb.bridge`: I2SB bridge maths (schedule, marginal, posterior, x0 parametrisation,
   inpainting prior, step spacing, a generic sampling loop with a per-step hook).
 * :mod:`rcsb.network`: the ADM U-Net with guided-diffusion state-dict names.
-* :mod:`rcsb.checkpoints`: loading NVlabs' released I2SB checkpoints.
+* :mod:`rcsb.checkpoints`: loading NVlabs' released I2SB checkpoints and guided-diffusion's pretrained ADM.
 * :mod:`rcsb.guidance`: the RCSB sampler (classifier guidance with Tweedie, ADAM stabilisation, adaptive
   normalisation, trajectory truncation; the image kept exactly outside the region).
 * :mod:`rcsb.regions`: the bridge's training masks (regions at explanation time: :mod:`explainers.regions`).
@@ -22,7 +22,8 @@ from rcsb.bridge import (
     sample_steps,
     training_target,
 )
-from rcsb.checkpoints import extract_i2sb_state_dict, load_i2sb_pair, load_i2sb_weights
+from rcsb.checkpoints import ADM256_UNCOND_URL, ADMWeightsUnavailable, extract_i2sb_state_dict, load_i2sb_pair
+from rcsb.checkpoints import load_i2sb_weights, load_openai_adm, openai_adm_state_dict, resolve_adm_checkpoint
 from rcsb.callback import RCSBCallback
 from rcsb.method import BRIDGE_WEIGHTS, rcsb_explain
 from rcsb.stage import PRESETS, BridgeModule, build_network
@@ -32,6 +33,8 @@ from rcsb.network import ADM256_CONFIG, TINY_CONFIG, ADMUNet, adm256, adm_tiny, 
 from rcsb.regions import MASK_FAMILIES, box_mask, freeform_mask, mask_bank, random_cell_mask, training_masks
 
 __all__ = [
+    "ADM256_UNCOND_URL",
+    "ADMWeightsUnavailable",
     "RCSBCallback",
     "ADM256_CONFIG",
     "ADMUNet",
@@ -57,14 +60,17 @@ __all__ = [
     "inpainting_x1",
     "load_i2sb_pair",
     "load_i2sb_weights",
+    "load_openai_adm",
     "make_betas",
     "mask_bank",
+    "openai_adm_state_dict",
     "p_posterior",
     "predict_x0",
     "q_sample",
     "random_cell_mask",
     "rcsb_explain",
     "rcsb_sample",
+    "resolve_adm_checkpoint",
     "sample_steps",
     "timestep_embedding",
     "to_bridge",

@@ -12,6 +12,12 @@ Everything in it is tensors and plain containers, so it loads with ``weights_onl
 sample with the EMA weights (``ema.average_parameters()``), hence ``use_ema=True`` by default.
 A bare ``UNetModel`` state dict (e.g. I2SB's converted ``256x256_diffusion_uncond_fixedsigma.pt``)
 is accepted as well.
+
+I2SB itself starts training from guided-diffusion's released 256x256 unconditional ADM
+(``256x256_diffusion_uncond.pt``, :data:`ADM256_UNCOND_URL`): a bare ``UNetModel`` state dict with the same key names
+as :func:`rcsb.network.adm256` but a learned variance, so ``out.2`` has 6 output channels of which I2SB keeps the
+first 3 (the eps prediction). :func:`load_openai_adm` does that mapping; :func:`resolve_adm_checkpoint` finds the
+file (a path, or the torch hub cache, downloaded there when missing) and fails fast offline with the ways out.
 """
 from __future__ import annotations
 
@@ -24,7 +30,23 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["extract_i2sb_state_dict", "load_i2sb_pair", "load_i2sb_weights", "read_checkpoint"]
+from models.weights import WeightsUnavailable, cached_download
+
+__all__ = [
+    "ADM256_UNCOND_URL",
+    "ADMWeightsUnavailable",
+    "adm_cache_path",
+    "extract_i2sb_state_dict",
+    "load_i2sb_pair",
+    "load_i2sb_weights",
+    "load_openai_adm",
+    "openai_adm_state_dict",
+    "read_checkpoint",
+    "resolve_adm_checkpoint",
+]
+
+#: guided-diffusion's released 256x256 unconditional ADM, the weights I2SB starts training from (ckpt_util.py).
+ADM256_UNCOND_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/256x256_diffusion_uncond.pt"
 
 _PREFIX = "diffusion_model."  # I2SB's Image256Net holds the UNetModel as self.diffusion_model
 _EXPECTED = (
@@ -206,3 +228,81 @@ def load_i2sb_pair(path: Union[str, os.PathLike], net: nn.Module, ema: nn.Module
     has_net, has_ema = _has(checkpoint, "net"), _has(checkpoint, "ema")
     _load(checkpoint, net, has_ema and not has_net, path)
     _load(checkpoint, ema, has_ema or not has_net, path)
+
+
+# --------------------------------------------------------------------------- guided-diffusion's pretrained ADM
+
+
+def adm_cache_path() -> str:
+    """Where :func:`resolve_adm_checkpoint` looks for (and downloads) ``256x256_diffusion_uncond.pt``: the torch hub
+    cache's checkpoints folder (``$TORCH_HOME/hub/checkpoints``)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(ADM256_UNCOND_URL))
+
+
+class ADMWeightsUnavailable(WeightsUnavailable):
+    """guided-diffusion's 256x256 ADM is neither at the path given, nor cached, nor downloadable: the ways out."""
+
+    def ways_out(self, file_flag: str = "--model.init_args.pretrained PATH",
+                 off_flag: str = "--model.init_args.pretrained null") -> str:
+        """The message: the URL, where to put the file, the config key that names a file, random weights."""
+        cache = adm_cache_path()
+        return (
+            f"{self.name} from {self.source} is not available ({self.reason}). Ways out:\n"
+            f"  1. download {ADM256_UNCOND_URL} where there is internet (2.2 GB) and put it at {cache} "
+            f"(the torch hub cache, where pretrained: openai looks; TORCH_HOME moves it), e.g.\n"
+            f"       curl -L --create-dirs -o {cache} {ADM256_UNCOND_URL}\n"
+            f"  2. give the file's path: {file_flag} (config key model.init_args.pretrained);\n"
+            f"  or start from random weights with {off_flag}."
+        )
+
+
+def resolve_adm_checkpoint(pretrained: Union[str, os.PathLike]) -> str:
+    """The local file of guided-diffusion's 256x256 unconditional ADM (I2SB ckpt_util.download_adm_image256_*).
+
+    ``pretrained`` is "openai" (the torch hub cache's copy, downloaded from :data:`ADM256_UNCOND_URL` when missing,
+    after one quick reachability probe) or a path to the file. Raises :class:`ADMWeightsUnavailable`, naming the URL,
+    where to put the file and the config key, when neither works; it never waits on a dead network.
+    """
+    name = "guided-diffusion's 256x256 unconditional ADM (the bridge's starting weights)"
+    if os.fspath(pretrained) == "openai":
+        try:
+            return cached_download(name, ADM256_UNCOND_URL)
+        except WeightsUnavailable as err:
+            raise ADMWeightsUnavailable(name, ADM256_UNCOND_URL, err.reason) from None
+    path = os.path.expanduser(os.fspath(pretrained))
+    if not os.path.isfile(path):
+        raise ADMWeightsUnavailable(name, f"file {path!r}", "no such file")
+    return path
+
+
+def openai_adm_state_dict(state: Mapping[str, Tensor], net: nn.Module) -> dict[str, Tensor]:
+    """I2SB ckpt_util.download_adm_image256_*: guided-diffusion ``UNetModel`` keys -> ``net``'s (the same names).
+
+    A learned-variance output (``out.2`` with twice ``net``'s output channels) keeps its first half, the eps
+    prediction; an input conv with fewer channels than ``net`` (I2SB's ``--cond-x1`` models) keeps ``net``'s own
+    initial weights for the extra channels. Tensors take ``net``'s dtype. Other keys pass unchanged (and a mismatch is
+    reported when loading).
+    """
+    if not _is_state_dict(state):
+        raise ValueError(f"expected guided-diffusion's UNetModel state dict (name -> tensor), got {_describe(state)}")
+    own = net.state_dict()
+    out = {k: v.to(own[k].dtype) if k in own else v for k, v in ((_strip(k), v) for k, v in state.items())}
+    for key in ("out.2.weight", "out.2.bias"):
+        if key in out and key in own and out[key].shape[0] == 2 * own[key].shape[0]:
+            out[key] = out[key][: own[key].shape[0]]
+    first = "input_blocks.0.0.weight"
+    if first in out and first in own and out[first].ndim == 4 and out[first].shape[1] < own[first].shape[1]:
+        out[first] = torch.cat([out[first], own[first][:, out[first].shape[1]:].to(out[first].device)], dim=1)
+    return out
+
+
+def load_openai_adm(path: Union[str, os.PathLike], net: nn.Module) -> nn.Module:
+    """I2SB Image256Net(pretrained_adm=True): load guided-diffusion's released ADM file into ``net`` strictly.
+
+    Reads ``path`` with ``torch.load(weights_only=True)`` (memory-mapped), maps it with
+    :func:`openai_adm_state_dict` and loads it; returns ``net``.
+    """
+    state = openai_adm_state_dict(read_checkpoint(path), net)
+    _check_compatible(state, net, f"{os.fspath(path)!r} (guided-diffusion ADM weights)")
+    net.load_state_dict(state, strict=True)
+    return net

@@ -21,6 +21,7 @@ from explainers.figures import image_to_array
 from models.stages import StageModule, register_stage
 from rcsb.bridge import BridgeSchedule, bridge_sample, inpainting_loss, inpainting_x1, predict_x0, q_sample
 from rcsb.bridge import sample_steps, training_target
+from rcsb.checkpoints import load_i2sb_pair, load_openai_adm, resolve_adm_checkpoint
 from rcsb.guidance import from_bridge, to_bridge
 from rcsb.network import ADM256_CONFIG, TINY_CONFIG, ADMUNet
 from rcsb.regions import MASK_FAMILIES, mask_bank, training_masks
@@ -81,9 +82,15 @@ class BridgeModule(StageModule):
             (:func:`rcsb.regions.mask_bank`, as I2SB trains on fixed mask sets); 0 draws every mask afresh, which
             costs CPU time at every step.
         seed: seed of the training and validation mask generators.
+        pretrained: start the network (and its EMA copy) from guided-diffusion's 256x256 unconditional ADM, as I2SB
+            does: "openai" (the torch hub cache's ``256x256_diffusion_uncond.pt``, downloaded there when missing) or
+            the file's path; None starts from random weights. Needs the ``adm256`` network (or one of the file's
+            widths); offline without the file it stops at once with the ways out
+            (:func:`rcsb.checkpoints.resolve_adm_checkpoint`). Ignored when a bridge checkpoint is rebuilt.
     """
 
     monitor = ("val/loss", "min")
+    load_overrides = {"pretrained": None}
 
     def __init__(
         self,
@@ -103,6 +110,7 @@ class BridgeModule(StageModule):
         mask_families: Sequence[str] = MASK_FAMILIES,
         mask_bank: int = 0,
         seed: int = 0,
+        pretrained: Optional[str] = None,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -128,7 +136,10 @@ class BridgeModule(StageModule):
             raise ValueError(f"val_steps must be steps in [0, {interval}), got {val_steps}")
         self.save_hyperparameters()
         self.val_steps = val_steps
+        adm_file = resolve_adm_checkpoint(pretrained) if pretrained is not None else None
         self.net = build_network(network, image_size)
+        if adm_file is not None:
+            load_openai_adm(adm_file, self.net)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._train_generator: Optional[torch.Generator] = None
@@ -142,8 +153,6 @@ class BridgeModule(StageModule):
                   image_size: int = 256, **kwargs: Any) -> "BridgeModule":
         """A bridge stage holding a released NVlabs I2SB checkpoint: its raw 'net' weights in ``net``, its EMA in
         ``ema`` (a file with one of them fills both), so that sampling can use either (:meth:`denoiser`)."""
-        from rcsb.checkpoints import load_i2sb_pair
-
         module = cls(network=network, image_size=image_size, **kwargs)
         load_i2sb_pair(path, module.net, module.ema)
         return module
