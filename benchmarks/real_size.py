@@ -1,6 +1,6 @@
 """Real-size throughput of the Pet, ImageNette and MURA stages, and the projected wall time of their full recipes.
 
-    python benchmarks/real_size.py              # one GPU: every stage of the three datasets' configs (about 5 min)
+    python benchmarks/real_size.py              # one GPU: every stage of the three datasets' configs (about 4 min)
     python benchmarks/real_size.py --dry-run    # CPU: the same code at batch 2 and 28 px (about a minute)
 
 Each stage is built from its config with random weights (classifier_X.yaml, surrogate_X.yaml, salvage_X.yaml, and
