@@ -190,20 +190,46 @@ def pipeline_name(config: Path, spec: dict[str, Any], extra: list[str]) -> tuple
     return (names[-1] if names else spec.get("name", config.stem)), rest
 
 
+def stage_arguments(extra: list[str], stages: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """A pipeline's command-line arguments split into those for every stage and, per stage, those written
+    `--<stage>.KEY VALUE` (or `--<stage>.KEY=VALUE`), which reach that stage alone as `--KEY VALUE`."""
+    common: list[str] = []
+    own: dict[str, list[str]] = {s: [] for s in stages}
+    i = 0
+    while i < len(extra):
+        flag, eq, value = extra[i].partition("=")
+        stage = next((s for s in stages if flag.startswith(f"--{s}.")), None)
+        if stage is None:
+            common.append(extra[i])
+        elif eq:
+            own[stage] += [f"--{flag.removeprefix(f'--{stage}.')}", value]
+        elif i + 1 < len(extra):
+            own[stage] += [f"--{flag.removeprefix(f'--{stage}.')}", extra[i + 1]]
+            i += 1
+        else:
+            raise SystemExit(f"error: {extra[i]} needs a value")
+        i += 1
+    return common, own
+
+
 def run_pipeline(config: Path, spec: dict[str, Any], extra: list[str]) -> list[dict[str, Any]]:
-    """Run the stages of a pipeline config in order; finished stages (results.json present) are not rerun."""
+    """Run the stages of a pipeline config in order; finished stages (results.json present under the run root) are
+    not rerun when resuming. `--<stage>.KEY VALUE` reaches one stage, any other argument every stage."""
     name, extra = pipeline_name(config, spec, extra)
+    extra, own = stage_arguments(extra, [stage["name"] for stage in spec["pipeline"]])
     resume = "--ckpt_path" in extra
+    roots, _ = split_option(extra, ("--run_root",))
+    run_root = Path(roots[-1] if roots else spec.get("run_root", "runs"))
     done: dict[str, dict[str, Any]] = {}
     for stage in spec["pipeline"]:
         stage_name = f"{name}/{stage['name']}"
-        results_file = Path(spec.get("run_root", "runs")) / stage_name / "results.json"
+        results_file = run_root / stage_name / "results.json"
         if resume and results_file.is_file():
             done[stage["name"]] = json.loads(results_file.read_text())
             print(f"[{stage_name}] already finished, reusing {results_file}")
             continue
         args = ["--config", str(resolve_config(stage["config"])), "--name", stage_name, "--group", name]
-        args += _as_args(stage.get("overrides"), done) + extra
+        args += _as_args(stage.get("overrides"), done) + extra + own[stage["name"]]
         print(f"\n=== stage {stage['name']}: {' '.join(args)}")
         done[stage["name"]] = run_stage(args)
     return list(done.values())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,6 @@ import time
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from datamodules.base import split_indices  # noqa: E402
+from evaluation import provenance  # noqa: E402
 from evaluation.configs import instantiation_error, resolve_config  # noqa: E402
 
 DATASETS = ("pet", "imagenette", "mura")
@@ -286,22 +285,11 @@ def _number(value: float | None) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 
-def machine(accelerator: str) -> str:
-    """The device the stages ran on, in words."""
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    threads = torch.get_num_threads()
-    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''})"
-
-
-def report(results: list[StageResult], command: str, where: str, started: datetime, dry_run: bool,
-           seconds: float, skipped: list[str]) -> str:
-    """The markdown: command, machine, date, the rates per stage and the projected hours per stage and dataset."""
+def report(results: list[StageResult], head: str, dry_run: bool, seconds: float, skipped: list[str]) -> str:
+    """The markdown: the provenance header, the rates per stage and the projected hours per stage and dataset."""
     lines = [
-        f"Command: `{command}`",
-        "",
-        f"Machine: {where}",
-        f"Date: {started:%Y-%m-%d %H:%M} UTC; this call took {seconds:.0f} s",
+        head,
+        f"This call took {seconds:.0f} s.",
         "",
         "# Real-size stages: throughput and projected wall time of the full recipes",
         "",
@@ -389,13 +377,15 @@ def main(argv: list[str] | None = None) -> list[StageResult]:
     if threads:
         torch.set_num_threads(threads)
     out = args.out or ROOT / "benchmarks" / "results" / ("real_size_dry_run.md" if args.dry_run else "real_size.md")
-    command = " ".join(["python benchmarks/real_size.py", *(sys.argv[1:] if argv is None else argv)])
     gpu_call = Settings(args.warmup, args.steps, args.metric_images)
     expected = expected_seconds(gpu_call, args.datasets, args.stages)
     print(f"a GPU call of these settings: about {expected / 60:.1f} min "
           f"(at {ASSUMED_PASSES_PER_S} full-size ViT-S passes per second)", flush=True)
-    started, clock = datetime.now(timezone.utc), time.perf_counter()
-    where = machine(args.accelerator)
+    clock = time.perf_counter()
+    device = "cuda" if args.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    head = provenance.header(__file__, [], "random weights and random batches of each config's size "
+                             + ("(dry run: batch 2, 28 px)" if args.dry_run else "(the configs' batch and image size)"),
+                             argv, device)
     results: list[StageResult] = []
     skipped: list[str] = []
     handed_by_dataset: dict[str, dict[str, str]] = {}
@@ -419,13 +409,13 @@ def main(argv: list[str] | None = None) -> list[StageResult]:
                 r = results[-1]
                 print(f"{dataset} {stage}: train {r.train_ips:.4g} img/s, eval {r.eval_ips:.4g} img/s "
                       f"({time.perf_counter() - begun:.0f} s)", flush=True)
-                text = report(results, command, where, started, args.dry_run, time.perf_counter() - clock, skipped)
+                text = report(results, head, args.dry_run, time.perf_counter() - clock, skipped)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(text)
     finally:
         quiet.setLevel(level)
     if skipped:
-        text = report(results, command, where, started, args.dry_run, time.perf_counter() - clock, skipped)
+        text = report(results, head, args.dry_run, time.perf_counter() - clock, skipped)
         out.write_text(text)
     print(text)
     print(f"wrote {out}")

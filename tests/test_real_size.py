@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from benchmarks import real_size
+from evaluation import provenance
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -37,8 +38,9 @@ def test_dry_run_writes_rates_and_projections_of_every_stage(tmp_path, one_threa
     text = out.read_text()
     lines = text.splitlines()
     assert lines[0] == f"Command: `python benchmarks/real_size.py --dry-run --datasets pet --out {out}`"
-    assert lines[2].startswith("Machine: CPU (") and lines[2].endswith(", 1 thread)")
-    assert lines[3].startswith("Date: ") and "UTC; this call took" in lines[3]
+    assert lines[2].startswith("Machine: ") and ", 1 of " in lines[2] and "GPU" not in lines[2]
+    assert lines[4].startswith("Date: ") and lines[4].endswith(" UTC") and "This call took" in text
+    assert provenance.missing_fields(text) == []
     assert "**Dry run**" in text
 
     rates = _table(text, "## Throughput")

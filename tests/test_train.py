@@ -95,7 +95,6 @@ def test_pipeline_runs_stages_in_order_and_skips_finished_ones_on_resume(tmp_pat
     spec = tmp_path / "pipe.yaml"
     spec.write_text(
         "name: pipe\n"
-        f"run_root: {tmp_path / 'runs'}\n"
         "pipeline:\n"
         "  - name: classifier\n    config: classifier_synthetic\n"
         "    overrides: {model.init_args.img_size: 32, model.init_args.backbone_kwargs: "
@@ -103,9 +102,12 @@ def test_pipeline_runs_stages_in_order_and_skips_finished_ones_on_resume(tmp_pat
         "  - name: surrogate\n    config: surrogate_synthetic\n"
         "    overrides: {model.init_args.classifier_ckpt: '{classifier}'}\n"
     )
-    extra = ["--run_root", str(tmp_path / "runs")] + data_and_trainer
+    # the run root only on the command line (resuming looks there); hflip, an option of the classifier's model alone,
+    # reaches the classifier stage only (the surrogate's model would refuse it)
+    extra = ["--run_root", str(tmp_path / "runs"), "--classifier.model.init_args.hflip=true"] + data_and_trainer
     results = train.main(["--config", str(spec)] + extra)
     assert [r["stage"] for r in results] == ["classifier", "surrogate"]
+    assert "hflip: true" in (tmp_path / "runs" / "pipe" / "classifier" / "config.yaml").read_text()
     assert (tmp_path / "runs" / "pipe" / "surrogate" / "results.json").is_file()
     out = capsys.readouterr().out
     assert "best ckpt" in out and "pipe/surrogate" in out
@@ -120,6 +122,10 @@ def test_a_pipeline_run_is_renamed_by_name_and_its_stages_keep_their_own_names()
     assert train.pipeline_name(config, spec, ["--name", "try2", "--wandb", "false"]) == ("try2", ["--wandb", "false"])
     assert train.pipeline_name(config, {}, ["--name=try3"]) == ("try3", [])
     assert train.pipeline_name(config, {}, []) == ("finegrid", [])
+    common, own = train.stage_arguments(["--a.x", "1", "--b.y=2", "--z", "3", "--ab.w", "4"], ["a", "b", "ab"])
+    assert common == ["--z", "3"] and own == {"a": ["--x", "1"], "b": ["--y", "2"], "ab": ["--w", "4"]}
+    with pytest.raises(SystemExit, match="--a.x needs a value"):
+        train.stage_arguments(["--a.x"], ["a"])
     argv = ["--config=a.yaml", "-c", "b.yaml", "--trainer.x=1", "--name"]
     assert train.split_option(argv, ("--config", "-c")) == (["a.yaml", "b.yaml"], ["--trainer.x=1", "--name"])
 
