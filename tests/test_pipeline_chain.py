@@ -4,8 +4,7 @@ and batches of 2; then explain.py runs salvage and rex on the explainer checkpoi
 
 It runs on one intra-op thread: on a shared 2-core machine a ViT-S pass over a tiny batch takes a quarter of the
 time it takes on two.
-Pet runs by default; ImageNette and MURA (about as long each) are marked slow and run only when selected:
-`pytest tests/test_pipeline_chain.py -m "slow or not slow"` runs all three.
+All three run by default (about 25 s each on one thread); they are marked slow, so `-m "not slow"` leaves them out.
 """
 from __future__ import annotations
 
@@ -41,12 +40,6 @@ DATASETS: dict[str, tuple[Callable[[Path], None], str, int]] = {
 }
 
 
-def _only_when_selected(request: pytest.FixtureRequest) -> None:
-    """Skip a slow chain unless the run selects slow tests by marker (`-m slow`)."""
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("a further real chain: run it with `pytest -m slow`")
-
-
 def tiny_chain(root: Path, dataset: str) -> list[str]:
     """Write the dataset's pipeline config with the CPU stage overrides under root; train.py's arguments to run it."""
     spec = yaml.safe_load((CONFIGS / f"pipeline_{dataset}.yaml").read_text())
@@ -75,14 +68,10 @@ def chain_root(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
 
 
-@pytest.mark.parametrize("dataset", [
-    "pet",
-    pytest.param("imagenette", marks=pytest.mark.slow),
-    pytest.param("mura", marks=pytest.mark.slow),
-])
-def test_real_chain_trains_hands_checkpoints_on_and_explains(dataset: str, chain_root: Path, request, one_thread):
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["pet", "imagenette", "mura"])
+def test_real_chain_trains_hands_checkpoints_on_and_explains(dataset: str, chain_root: Path, one_thread):
     """Each stage writes finite test metrics and hands its best checkpoint on; explain.py reads the explainer's."""
-    _only_when_selected(request)
     make_tree, datamodule, num_classes = DATASETS[dataset]
     make_tree(chain_root / "data")
     results = train.main(tiny_chain(chain_root, dataset))
