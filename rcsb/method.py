@@ -4,9 +4,11 @@
     out = get("rcsb")(models, images, target=3, batch=batch, region="auto:occlusion", area=0.1)
 
 The region comes from an attribution method of the classifier ("auto:METHOD": its map of the ORIGINAL predicted
-class, cut into the top cells, see :func:`rcsb.regions.cell_region`), the data's ground-truth object mask
-("truth"), or a user-drawn mask file (a path to a PNG, nonzero = region). `target` is the class B the counterfactual
-should be classified as (give it explicitly: the protocol's default target is the predicted class itself).
+class, cut into the top cells, see :func:`explainers.regions.cell_region`), the data's ground-truth object mask
+("truth") or its bounding box dilated by a margin ("box", "box:4" pixels, "box:0.1" of the image side: room to draw
+a new shape, see :func:`rcsb.regions.box_region`), or a user-drawn mask file (a path to a PNG, nonzero = region).
+`target` is the class B the counterfactual should be classified as (give it explicitly: the protocol's default
+target is the predicted class itself).
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from explainers.protocol import Explanation, explainer
-from explainers.regions import make_region
 from rcsb.guidance import CLF_INPUTS, rcsb_sample
+from rcsb.regions import make_rcsb_region, parse_box_spec
 from rcsb.stage import BridgeModule
 
 __all__ = ["BRIDGE_WEIGHTS", "rcsb_explain"]
@@ -50,18 +52,22 @@ def rcsb_explain(
     """RCSB (Sobieski et al. 2025): region-constrained counterfactuals towards `target` with a guided I2SB bridge.
 
     The region is "auto:METHOD" (METHOD's map of the predicted class, top cells covering `area`, cells of `cells`
-    px, default image size / 16), "truth" (batch["mask"]), a PNG mask file or a (B, 1, H, W) tensor; nfe, start,
-    scale, tweedie, adam, normalise and clf_input ("affine": the classifier sees (x0_hat + 1) / 2, "minmax": the
-    authors' per-image min-max stretch) are the sampler's (rcsb.guidance.rcsb_sample); bridge_weights picks the
-    bridge's "ema" weights (as I2SB samples) or its "raw" trained ones (as the authors' code loads them); seed draws
-    the inpainting noise. Scores per image: target_probability / original_probability (p of `target` after / before), flipped
-    (argmax == target), l1_inside (mean |change| over the region's pixels and channels), l2_inside (root mean square
-    change there) and change_outside (max |change| outside the region: 0).
+    px, default image size / 16), "truth" (batch["mask"]), "box" / "box:MARGIN" (its bounding box dilated by MARGIN
+    pixels, or a fraction of the image side when MARGIN has a decimal point), a PNG mask file or a (B, 1, H, W)
+    tensor; nfe, start, scale, tweedie, adam, normalise and clf_input ("affine": the classifier sees (x0_hat + 1) /
+    2, "minmax": the authors' per-image min-max stretch) are the sampler's (rcsb.guidance.rcsb_sample);
+    bridge_weights picks the bridge's "ema" weights (as I2SB samples) or its "raw" trained ones (as the authors'
+    code loads them); seed draws the inpainting noise. Scores per image: target_probability / original_probability
+    (p of `target` after / before), flipped (argmax == target), l1_inside (mean |change| over the region's pixels
+    and channels), l2_inside (root mean square change there) and change_outside (max |change| outside the region:
+    0).
     """
     if clf_input not in CLF_INPUTS:
         raise ValueError(f"clf_input must be one of {', '.join(CLF_INPUTS)}, got {clf_input!r}")
     if bridge_weights not in BRIDGE_WEIGHTS:
         raise ValueError(f"bridge_weights must be one of {', '.join(BRIDGE_WEIGHTS)}, got {bridge_weights!r}")
+    if isinstance(region, str):
+        parse_box_spec(region)
     b = images.shape[0]
     with torch.no_grad():
         probs = torch.softmax(model(images).float(), dim=1)
@@ -72,13 +78,14 @@ def rcsb_explain(
         raise ValueError(f"target class {int(target[bad[0]])} is out of range: the classifier has {n_classes} classes "
                          f"(0..{n_classes - 1})")
     if not isinstance(bridge, BridgeModule):
-        raise TypeError(f"rcsb needs the bridge stage (rcsb.BridgeModule, a bridge checkpoint), got {type(bridge).__name__}")
+        raise TypeError(f"rcsb needs the bridge stage (rcsb.BridgeModule, a bridge checkpoint), "
+                        f"got {type(bridge).__name__}")
     size = bridge.hparams["image_size"]
     if tuple(images.shape[-2:]) != (size, size):
         raise ValueError(f"the bridge was trained on {size}x{size} images but the images are "
                          f"{images.shape[-2]}x{images.shape[-1]}; explain at the bridge's image size")
     predicted = probs.argmax(1)
-    mask = make_region(region, model, images, predicted, batch, area, cells)
+    mask = make_rcsb_region(region, model, images, predicted, batch, area, cells)
 
     device = images.device
     generator = torch.Generator(device=device).manual_seed(int(seed))

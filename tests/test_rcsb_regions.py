@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from explainers.regions import cell_region, default_cell_size, mask_file_region
-from rcsb import box_mask, freeform_mask, mask_bank, training_masks
+from rcsb import box_mask, box_region, freeform_mask, make_rcsb_region, mask_bank, parse_box_spec, training_masks
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -150,3 +150,65 @@ def test_mask_bank_is_the_same_for_any_number_of_workers_and_matches_per_index_d
     assert not torch.equal(one[0], one[1])
     with pytest.raises(ValueError, match="at least one mask"):
         mask_bank(0, 16)
+
+
+# --------------------------------------------------------------------------- regions with room: the dilated box
+
+
+def _hand_mask() -> torch.Tensor:
+    """Two 12 x 16 masks: an L shape with a stray pixel (rows 3-8, columns 4-9), and a blob at the top-left corner."""
+    mask = torch.zeros(2, 1, 12, 16, dtype=torch.bool)
+    mask[0, 0, 3:7, 5] = True
+    mask[0, 0, 6, 5:10] = True
+    mask[0, 0, 8, 4] = True
+    mask[1, 0, 0:2, 0:3] = True
+    return mask
+
+
+def _rect(h, w, top, bottom, left, right):
+    out = torch.zeros(1, h, w, dtype=torch.bool)
+    out[:, top:bottom + 1, left:right + 1] = True
+    return out
+
+
+def test_box_region_is_the_dilated_bounding_box_clipped_to_the_image():
+    mask = _hand_mask()
+    box = box_region(mask)
+    assert box.shape == (2, 1, 12, 16) and box.dtype == torch.bool
+    assert torch.equal(box[0], _rect(12, 16, 3, 8, 4, 9)) and torch.equal(box[1], _rect(12, 16, 0, 1, 0, 2))
+    assert bool((box | ~mask).all())  # the box holds the whole mask
+    grown = box_region(mask, 2)  # 2 px on every side, clipped at the image's edges
+    assert torch.equal(grown[0], _rect(12, 16, 1, 10, 2, 11)) and torch.equal(grown[1], _rect(12, 16, 0, 3, 0, 4))
+    frac = box_region(mask, 0.25)  # a quarter of the side: 3 rows above and below, 4 columns left and right
+    assert torch.equal(frac[0], _rect(12, 16, 0, 11, 0, 13)) and torch.equal(frac[1], _rect(12, 16, 0, 4, 0, 6))
+    assert bool(box_region(mask, 1.0).all())
+    assert torch.equal(box_region(mask[:, 0].float()), box)  # (B, H, W) and 0/1 masks too
+
+
+def test_box_region_errors_and_the_spec_syntax():
+    mask = _hand_mask()
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\] is empty"):
+        box_region(torch.cat([mask[:1], torch.zeros_like(mask[:1])]))
+    with pytest.raises(ValueError, match="fractional margin"):
+        box_region(mask, 1.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        box_region(mask, -1)
+    assert parse_box_spec("box") == 0 and parse_box_spec("box:4") == 4 and isinstance(parse_box_spec("box:4"), int)
+    assert parse_box_spec("box:0.1") == 0.1 and parse_box_spec("box:1.0") == 1.0
+    assert parse_box_spec("truth") is None and parse_box_spec("auto:rex") is None and parse_box_spec("boxes.png") is None
+    for bad in ("box:", "box:wide", "box:-2", "box:1.5"):
+        with pytest.raises(ValueError, match="margin"):
+            parse_box_spec(bad)
+
+
+def test_make_rcsb_region_resolves_box_specs_from_the_object_mask_and_passes_the_rest_on():
+    mask = _hand_mask()
+    images = torch.rand(2, 3, 12, 16)
+    batch = {"image": images, "mask": mask}
+    predicted = torch.zeros(2, dtype=torch.long)
+    model = torch.nn.Identity()
+    assert torch.equal(make_rcsb_region("box:2", model, images, predicted, batch), box_region(mask, 2))
+    assert torch.equal(make_rcsb_region("box", model, images, predicted, batch), box_region(mask))
+    assert torch.equal(make_rcsb_region("truth", model, images, predicted, batch), mask)
+    with pytest.raises(ValueError, match="ground-truth object masks"):
+        make_rcsb_region("box:0.1", model, images, predicted, {"image": images})

@@ -15,7 +15,7 @@ import explainers.baselines  # noqa: F401  (registers "occlusion", used by regio
 from datamodules.synthetic import SyntheticScenes
 from explainers.protocol import get
 from models.stages import load_checkpoint, load_stage
-from rcsb import BridgeModule, rcsb_explain, rcsb_sample, training_masks
+from rcsb import BridgeModule, box_region, rcsb_explain, rcsb_sample, training_masks
 
 SIZE = 16
 STEPS = 20
@@ -297,3 +297,20 @@ def test_i2sb_s_default_schedule_over_thousands_of_steps(gamma):
         scheduler.step()
         if n in (999, 1000, 1999, 2000, 2500):
             assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-5 * gamma ** (n // 1000), rel=1e-12), n
+
+
+def test_rcsb_method_box_regions_give_the_object_room(trained, batch):
+    out = _run(trained, batch, region="box:2")
+    assert torch.equal(out.region, box_region(batch["mask"], 2))
+    assert bool((out.region | ~batch["mask"]).all()) and out.region.sum() > batch["mask"].sum()
+    outside = ~out.region.expand_as(batch["image"])
+    assert torch.equal(out.counterfactual[outside], batch["image"][outside])
+    assert torch.equal(_run(trained, batch, region="box:0.25").region, box_region(batch["mask"], 0.25))
+
+    class Refuses(nn.Module):
+        def forward(self, x):
+            raise AssertionError("a bad region spec is refused before the classifier runs")
+
+    with pytest.raises(ValueError, match="margin"):
+        get("rcsb")({"classifier": Refuses(), "bridge": trained["module"]}, batch["image"], 1, region="box:big",
+                    batch=batch)
