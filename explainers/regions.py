@@ -122,8 +122,9 @@ def mask_file_region(path: Union[str, os.PathLike], size: Size) -> Tensor:
 
 def make_region(spec: Union[str, Tensor], model: nn.Module, images: Tensor, predicted: Tensor,
                 batch: Optional[Mapping[str, Any]] = None, area: float = 0.3, cells: Optional[int] = None) -> Tensor:
-    """The (B, 1, H, W) bool region named by ``spec``: "auto:METHOD", "truth", a mask file path, or given as a
-    (B or 1, 1, H, W) tensor (nonzero = region)."""
+    """The (B, 1, H, W) bool region named by ``spec``: "auto:METHOD", "truth", "box" / "box:MARGIN" (the truth's
+    bounding box dilated by MARGIN, see :func:`box_region`), a mask file path, or given as a (B or 1, 1, H, W) tensor
+    (nonzero = region)."""
     b, _, h, w = images.shape
     if isinstance(spec, Tensor):
         if spec.ndim != 4 or spec.shape[1] != 1 or spec.shape[0] not in (1, b) or tuple(spec.shape[-2:]) != (h, w):
@@ -145,16 +146,18 @@ def make_region(spec: Union[str, Tensor], model: nn.Module, images: Tensor, pred
         if maps is None:
             raise ValueError(f"region {spec!r}: method {name!r} returns no attribution maps; pick one that does")
         region = cell_region(maps.to(images.device), (h, w), cells, area)
-    elif spec == "truth":
+    elif spec == "truth" or parse_box_spec(spec) is not None:
         if batch is None or batch.get("mask") is None:
-            raise ValueError("region 'truth' needs the data's ground-truth masks (batch['mask']); this data has none. "
-                             "Use 'auto:METHOD' or a mask file instead")
+            raise ValueError(f"region {spec!r} needs the data's ground-truth masks (batch['mask']); this data has "
+                             "none. Use 'auto:METHOD' or a mask file instead")
         region = torch.as_tensor(batch["mask"]).to(images.device)
         if region.ndim == 3:
             region = region[:, None]
         if region.shape != (b, 1, h, w):
             raise ValueError(f"batch['mask'] has shape {tuple(region.shape)}, expected ({b}, 1, {h}, {w})")
         region = region != 0
+        if spec != "truth":
+            region = box_region(region, parse_box_spec(spec))
     else:
         if not os.path.isfile(spec):
             raise ValueError(f"region {spec!r} is neither 'auto:METHOD', 'truth' nor an existing mask file")
@@ -163,3 +166,60 @@ def make_region(spec: Union[str, Tensor], model: nn.Module, images: Tensor, pred
     if empty:
         raise ValueError(f"region {spec!r} is empty for image(s) {empty}: there is nothing the counterfactual may change")
     return region
+
+
+def box_region(mask: Tensor, margin: Union[int, float] = 0) -> Tensor:
+    """The bounding box of each image's ``mask`` (B, 1, H, W), dilated by ``margin`` and clipped to the image.
+
+    An int ``margin`` is pixels on every side; a float in [0, 1] is a fraction of the image's side (round(margin * H)
+    rows above and below, round(margin * W) columns left and right). Returns (B, 1, H, W) bool. Raises ValueError for
+    an image whose mask is empty (it has no box).
+    """
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise ValueError(f"mask must be (B, 1, H, W), got shape {tuple(mask.shape)}")
+    h, w = mask.shape[-2:]
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise ValueError(f"margin must be an int (pixels) or a float fraction of the image side, got {margin!r}")
+    if isinstance(margin, float):
+        if not 0.0 <= margin <= 1.0:
+            raise ValueError(f"a fractional margin must lie in [0, 1] (of the image side), got {margin}; "
+                             "give pixels as an int")
+        dy, dx = round(margin * h), round(margin * w)
+    elif margin < 0:
+        raise ValueError(f"margin must be >= 0 pixels, got {margin}")
+    else:
+        dy = dx = margin
+    on = mask.detach() != 0
+    rows, cols = on.any(-1)[:, 0], on.any(-2)[:, 0]  # (B, H), (B, W)
+    empty = (~rows.any(1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"the mask of image(s) {empty} is empty: there is no object to draw a box around")
+    ys, xs = torch.arange(h, device=mask.device), torch.arange(w, device=mask.device)
+    top = torch.where(rows, ys, h).amin(1) - dy
+    bottom = torch.where(rows, ys, -1).amax(1) + dy
+    left = torch.where(cols, xs, w).amin(1) - dx
+    right = torch.where(cols, xs, -1).amax(1) + dx
+    inside_y = (ys[None] >= top[:, None]) & (ys[None] <= bottom[:, None])
+    inside_x = (xs[None] >= left[:, None]) & (xs[None] <= right[:, None])
+    return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
+
+
+def parse_box_spec(spec: str) -> Union[int, float, None]:
+    """The margin of a "box" region spec ("box": 0, "box:4": 4 pixels, "box:0.1": a tenth of the image side), or
+    None when ``spec`` is not a box spec."""
+    if spec == "box":
+        return 0
+    if not spec.startswith("box:"):
+        return None
+    value = spec[len("box:"):]
+    try:
+        margin: Union[int, float] = float(value) if any(c in value for c in ".eE") else int(value)
+    except ValueError:
+        raise ValueError(f"region {spec!r}: the margin must be pixels (box:4) or a fraction of the image side "
+                         f"(box:0.1), got {value!r}") from None
+    if margin < 0 or (isinstance(margin, float) and margin > 1):
+        raise ValueError(f"region {spec!r}: the margin must be >= 0 pixels (box:4) or a fraction in [0, 1] of the "
+                         "image side (box:0.1)")
+    return margin

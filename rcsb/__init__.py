@@ -6,8 +6,8 @@
 * :mod:`rcsb.checkpoints`: loading NVlabs' released I2SB checkpoints and guided-diffusion's pretrained ADM.
 * :mod:`rcsb.guidance`: the RCSB sampler (classifier guidance with Tweedie, ADAM stabilisation, adaptive
   normalisation, trajectory truncation; the image kept exactly outside the region).
-* :mod:`rcsb.regions`: the bridge's training masks and RCSB's regions (:func:`make_rcsb_region`: the regions of
-  :mod:`explainers.regions` plus the object's dilated bounding box, "box:MARGIN").
+* :mod:`rcsb.regions`: the bridge's training masks (RCSB's regions, the object's dilated bounding box
+  "box:MARGIN" among them, are :func:`explainers.regions.make_region`'s).
 * :mod:`rcsb.stage`: the "bridge" stage (I2SB inpainting training with EMA weights).
 * :mod:`rcsb.method`: the "rcsb" explanation method (needs a bridge checkpoint).
 """
@@ -31,7 +31,7 @@ from rcsb.stage import PRESETS, BridgeModule, build_network
 from rcsb.guidance import CLF_INPUTS, AdamStabilizer, adaptive_normalise, classifier_input, from_bridge, rcsb_sample
 from rcsb.guidance import to_bridge
 from rcsb.network import ADM256_CONFIG, TINY_CONFIG, ADMUNet, adm256, adm_tiny, timestep_embedding
-from rcsb.regions import MASK_FAMILIES, box_mask, box_region, freeform_mask, make_rcsb_region, mask_bank, parse_box_spec
+from rcsb.regions import MASK_FAMILIES, box_mask, freeform_mask, mask_bank
 from rcsb.regions import random_cell_mask, training_masks
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
     "adm256",
     "adm_tiny",
     "box_mask",
-    "box_region",
     "bridge_sample",
     "build_network",
     "classifier_input",
@@ -64,11 +63,9 @@ __all__ = [
     "load_i2sb_pair",
     "load_i2sb_weights",
     "load_openai_adm",
-    "make_rcsb_region",
     "make_betas",
     "mask_bank",
     "openai_adm_state_dict",
-    "parse_box_spec",
     "p_posterior",
     "predict_x0",
     "q_sample",

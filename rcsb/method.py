@@ -6,7 +6,7 @@
 The region comes from an attribution method of the classifier ("auto:METHOD": its map of the ORIGINAL predicted
 class, cut into the top cells, see :func:`explainers.regions.cell_region`), the data's ground-truth object mask
 ("truth") or its bounding box dilated by a margin ("box", "box:4" pixels, "box:0.1" of the image side: room to draw
-a new shape, see :func:`rcsb.regions.box_region`), or a user-drawn mask file (a path to a PNG, nonzero = region).
+a new shape, see :func:`explainers.regions.box_region`), or a user-drawn mask file (a path to a PNG, nonzero = region).
 `target` is the class B the counterfactual should be classified as (give it explicitly: the protocol's default
 target is the predicted class itself).
 """
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from explainers.protocol import Explanation, explainer
 from rcsb.guidance import CLF_INPUTS, rcsb_sample
-from rcsb.regions import make_rcsb_region, parse_box_spec
+from explainers.regions import make_region, parse_box_spec
 from rcsb.stage import BridgeModule
 
 __all__ = ["BRIDGE_WEIGHTS", "rcsb_explain"]
@@ -85,7 +85,7 @@ def rcsb_explain(
         raise ValueError(f"the bridge was trained on {size}x{size} images but the images are "
                          f"{images.shape[-2]}x{images.shape[-1]}; explain at the bridge's image size")
     predicted = probs.argmax(1)
-    mask = make_rcsb_region(region, model, images, predicted, batch, area, cells)
+    mask = make_region(region, model, images, predicted, batch, area, cells)
 
     device = images.device
     generator = torch.Generator(device=device).manual_seed(int(seed))

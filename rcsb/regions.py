@@ -1,8 +1,6 @@
-"""The masks RCSB's bridge trains on, and RCSB's regions with room to draw at explanation time.
+"""The masks RCSB's bridge trains on (the regions an RCSB call edits, "box:MARGIN" with room to draw a new shape
+among them, are :func:`explainers.regions.make_region`'s).
 
-* :func:`make_rcsb_region`: the region an RCSB call edits: every region of :func:`explainers.regions.make_region`
-  ("auto:METHOD", "truth", a mask file, a tensor) plus "box" / "box:MARGIN", the object mask's bounding box dilated
-  by a margin (:func:`box_region`), so that a new shape has room beyond the old one's footprint.
 * :func:`training_masks`: the inpainting masks the bridge trains on: free-form strokes over 10-20 % and 20-30 % of
   the image, a centre box, and attribution-shaped cell regions (top cells of a random smooth map, area 0.05-0.3).
 * :func:`mask_bank`: a fixed set of such masks drawn once in loader workers (I2SB too trains on fixed sets of 10k
@@ -17,19 +15,16 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from explainers.regions import Size, _hw, cell_region, make_region
+from explainers.regions import Size, _hw, cell_region
 
 __all__ = [
     "MASK_FAMILIES",
     "box_mask",
-    "box_region",
     "freeform_mask",
-    "make_rcsb_region",
     "mask_bank",
-    "parse_box_spec",
     "random_cell_mask",
     "training_masks",
 ]
@@ -179,76 +174,3 @@ def mask_bank(n: int, size: Size, seed: int = 0, families: Sequence[str] = MASK_
 
 
 # --------------------------------------------------------------------------- regions with room
-
-
-def box_region(mask: Tensor, margin: Union[int, float] = 0) -> Tensor:
-    """The bounding box of each image's ``mask`` (B, 1, H, W), dilated by ``margin`` and clipped to the image.
-
-    An int ``margin`` is pixels on every side; a float in [0, 1] is a fraction of the image's side (round(margin * H)
-    rows above and below, round(margin * W) columns left and right). Returns (B, 1, H, W) bool. Raises ValueError for
-    an image whose mask is empty (it has no box).
-    """
-    if mask.ndim == 3:
-        mask = mask[:, None]
-    if mask.ndim != 4 or mask.shape[1] != 1:
-        raise ValueError(f"mask must be (B, 1, H, W), got shape {tuple(mask.shape)}")
-    h, w = mask.shape[-2:]
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise ValueError(f"margin must be an int (pixels) or a float fraction of the image side, got {margin!r}")
-    if isinstance(margin, float):
-        if not 0.0 <= margin <= 1.0:
-            raise ValueError(f"a fractional margin must lie in [0, 1] (of the image side), got {margin}; "
-                             "give pixels as an int")
-        dy, dx = round(margin * h), round(margin * w)
-    elif margin < 0:
-        raise ValueError(f"margin must be >= 0 pixels, got {margin}")
-    else:
-        dy = dx = margin
-    on = mask.detach() != 0
-    rows, cols = on.any(-1)[:, 0], on.any(-2)[:, 0]  # (B, H), (B, W)
-    empty = (~rows.any(1)).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"the mask of image(s) {empty} is empty: there is no object to draw a box around")
-    ys, xs = torch.arange(h, device=mask.device), torch.arange(w, device=mask.device)
-    top = torch.where(rows, ys, h).amin(1) - dy
-    bottom = torch.where(rows, ys, -1).amax(1) + dy
-    left = torch.where(cols, xs, w).amin(1) - dx
-    right = torch.where(cols, xs, -1).amax(1) + dx
-    inside_y = (ys[None] >= top[:, None]) & (ys[None] <= bottom[:, None])
-    inside_x = (xs[None] >= left[:, None]) & (xs[None] <= right[:, None])
-    return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
-
-
-def parse_box_spec(spec: str) -> Union[int, float, None]:
-    """The margin of a "box" region spec ("box": 0, "box:4": 4 pixels, "box:0.1": a tenth of the image side), or
-    None when ``spec`` is not a box spec."""
-    if spec == "box":
-        return 0
-    if not spec.startswith("box:"):
-        return None
-    value = spec[len("box:"):]
-    try:
-        margin: Union[int, float] = float(value) if any(c in value for c in ".eE") else int(value)
-    except ValueError:
-        raise ValueError(f"region {spec!r}: the margin must be pixels (box:4) or a fraction of the image side "
-                         f"(box:0.1), got {value!r}") from None
-    if margin < 0 or (isinstance(margin, float) and margin > 1):
-        raise ValueError(f"region {spec!r}: the margin must be >= 0 pixels (box:4) or a fraction in [0, 1] of the "
-                         "image side (box:0.1)")
-    return margin
-
-
-def make_rcsb_region(spec: Union[str, Tensor], model: nn.Module, images: Tensor, predicted: Tensor,
-                     batch: Optional[Mapping[str, Any]] = None, area: float = 0.3,
-                     cells: Optional[int] = None) -> Tensor:
-    """RCSB's region (B, 1, H, W) bool: "box" / "box:MARGIN" (the object mask's bounding box, dilated by MARGIN
-    pixels or a fraction of the image side, see :func:`box_region`) or any region of
-    :func:`explainers.regions.make_region` ("auto:METHOD", "truth", a mask file, a tensor)."""
-    margin = parse_box_spec(spec) if isinstance(spec, str) else None
-    if margin is None:
-        return make_region(spec, model, images, predicted, batch, area, cells)
-    if batch is None or batch.get("mask") is None:
-        raise ValueError(f"region {spec!r} is drawn around the data's ground-truth object masks (batch['mask']); "
-                         "this data has none. Use 'auto:METHOD' or a mask file instead")
-    truth = make_region("truth", model, images, predicted, batch, area, cells)
-    return box_region(truth, margin)

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from explainers.regions import cell_region, default_cell_size, mask_file_region
-from rcsb import box_mask, box_region, freeform_mask, make_rcsb_region, mask_bank, parse_box_spec, training_masks
+from explainers.regions import box_region, make_region, parse_box_spec
+from rcsb import box_mask, freeform_mask, mask_bank, training_masks
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -201,14 +202,14 @@ def test_box_region_errors_and_the_spec_syntax():
             parse_box_spec(bad)
 
 
-def test_make_rcsb_region_resolves_box_specs_from_the_object_mask_and_passes_the_rest_on():
+def test_make_region_resolves_box_specs_from_the_object_mask_and_passes_the_rest_on():
     mask = _hand_mask()
     images = torch.rand(2, 3, 12, 16)
     batch = {"image": images, "mask": mask}
     predicted = torch.zeros(2, dtype=torch.long)
     model = torch.nn.Identity()
-    assert torch.equal(make_rcsb_region("box:2", model, images, predicted, batch), box_region(mask, 2))
-    assert torch.equal(make_rcsb_region("box", model, images, predicted, batch), box_region(mask))
-    assert torch.equal(make_rcsb_region("truth", model, images, predicted, batch), mask)
-    with pytest.raises(ValueError, match="ground-truth object masks"):
-        make_rcsb_region("box:0.1", model, images, predicted, {"image": images})
+    assert torch.equal(make_region("box:2", model, images, predicted, batch), box_region(mask, 2))
+    assert torch.equal(make_region("box", model, images, predicted, batch), box_region(mask))
+    assert torch.equal(make_region("truth", model, images, predicted, batch), mask)
+    with pytest.raises(ValueError, match="'box:0.1' needs the data's ground-truth masks"):
+        make_region("box:0.1", model, images, predicted, {"image": images})

@@ -15,7 +15,8 @@ import explainers.baselines  # noqa: F401  (registers "occlusion", used by regio
 from datamodules.synthetic import SyntheticScenes
 from explainers.protocol import get
 from models.stages import load_checkpoint, load_stage
-from rcsb import BridgeModule, box_region, rcsb_explain, rcsb_sample, training_masks
+from explainers.regions import box_region
+from rcsb import BridgeModule, rcsb_explain, rcsb_sample, training_masks
 
 SIZE = 16
 STEPS = 20
