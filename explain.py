@@ -109,7 +109,8 @@ def build_parser(chosen: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, help="class index or name to explain (default: the predicted class)")
     p.add_argument("--property", default=None, help="the `property` option of the methods that take one (intervention)")
     p.add_argument("--region", default=None,
-                   help="the `region` option of the methods that take one (rcsb): auto:METHOD, truth, box[:MARGIN] (the truth's bounding box, dilated) or mask.png")
+                   help="the `region` option of the methods that take one (rcsb): auto:METHOD, truth, box[:MARGIN] "
+                        "(the truth's bounding box, dilated) or mask.png")
     p.add_argument("--bridge", default=None, help="a bridge checkpoint, for the methods that need one (rcsb)")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method option, e.g. --option rex.n_partitions=10 --option rise.n_masks=2000")
