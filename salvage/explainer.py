@@ -13,13 +13,16 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from explainers.figures import image_to_array
+from explainers.figures import DEGENERATE_NOTE, explanation_to_array, image_to_array, map_to_array
 from explainers.maps import select_class, to_pixel_map
+from explainers.metrics import degenerate
 from explainers.protocol import Explanation, explainer
 from models.classifier import MaskableModule
 from models.maskable import MaskableClassifier, build_classifier
+from models.queries import QueryEngine
 from models.stages import load_checkpoint, load_stage, register_stage
-from salvage.metrics import SRG, RelativeSRG, RelevanceAccuracy
+from rex.metrics import explanation_size
+from salvage.metrics import SRG, RelativeSRG, RelevanceAccuracy, srg_scores
 from salvage.sampling import SAMPLERS, sample_masks
 from salvage.segmenter import SegmenterExplainer
 from salvage.surrogate import BACKBONE_KEYS
@@ -253,7 +256,7 @@ class ExplainerModule(MaskableModule):
         if self.hparams.loss == "js":
             self._classification_step(images, labels)
         if batch_idx == 0:
-            self._log_overlays(images, maps, target)
+            self._log_overlays(images, maps, target, self._log_table(images, maps, target))
 
     def _classification_step(self, images: Tensor, labels: Tensor) -> None:
         """Table 2 / A.4: explainer accuracy and its top-1 agreement with the classifier, split by classifier correctness."""
@@ -282,7 +285,9 @@ class ExplainerModule(MaskableModule):
         for metric in (self.test_srg, self.test_rsrg, self.test_relevance, *self.class_metrics.values()):
             metric.reset()
 
-    def _log_overlays(self, images: Tensor, maps: Tensor, target: Tensor) -> None:
+    def _log_overlays(self, images: Tensor, maps: Tensor, target: Tensor, flat: Tensor | None = None) -> None:
+        """Log the first `log_examples` images with the target class's phi over them, captioned with the class (and
+        "degenerate" where `flat` flags the row's explanation)."""
         if not isinstance(self.logger, WandbLogger) or self.hparams.log_examples <= 0:
             return
         k = min(self.hparams.log_examples, images.shape[0])
@@ -294,7 +299,48 @@ class ExplainerModule(MaskableModule):
         overlay = (images[:k].float() * (1 - alpha) + colour * alpha).detach().clamp(0, 1)
         names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
         captions = [names[t] if names else str(int(t)) for t in target[:k].tolist()]
+        if flat is not None:
+            captions = [f"{c} (degenerate)" if f else c for c, f in zip(captions, flat.tolist())]
         self.logger.log_image("test/attributions", [image_to_array(o) for o in overlay], caption=captions)
+
+    @torch.no_grad()
+    def _log_table(self, images: Tensor, maps: Tensor, target: Tensor) -> Tensor | None:
+        """Log one W&B table per run, `test/explanations`, and return the rows' degenerate flags (None off W&B).
+
+        A row per each of the first `log_examples` test images: the image, the target class's phi over it, the
+        sufficient explanation the classifier finds in that map (`explanation_size`, the extraction explain.py
+        scores) and its metrics; a degenerate row (`degenerate`) has no size and says so under its explanation."""
+        if not isinstance(self.logger, WandbLogger) or self.hparams.log_examples <= 0:
+            return None
+        import wandb as wb
+
+        from evaluation.suite import resolve_min_confidence  # evaluation.suite imports the salvage package
+
+        k = min(self.hparams.log_examples, images.shape[0])
+        images, target, maps = images[:k], target[:k], maps[:k]
+        patch = select_class(maps, target)
+        engine = QueryEngine(self.reference.to(self.device))
+        probs = engine.probabilities(torch.cat([images, engine.blank(images)]))
+        full, blank = probs[:k], probs[k:]
+        min_confidence = resolve_min_confidence("auto", full.shape[1])
+        flat = degenerate(blank, full.gather(1, target[:, None])[:, 0], target, min_confidence)
+        size, kept = explanation_size(engine, images, patch, target, min_confidence)
+        srg = srg_scores(self._game(), images, maps, target, self.hparams.metric_batch_size)["srg"]
+        heat = to_pixel_map(patch, tuple(images.shape[-2:]), mode="bilinear")
+        confidence, predicted = full.max(1)
+        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+        name = (lambda c: names[c]) if names else str
+        data = [
+            [wb.Image(image_to_array(images[i])), wb.Image(map_to_array(images[i], heat[i])),
+             wb.Image(explanation_to_array(images[i], kept[i]), caption=DEGENERATE_NOTE if flat[i] else None),
+             int(target[i]), name(int(target[i])), int(predicted[i]), name(int(predicted[i])), float(confidence[i]),
+             None if flat[i] else float(size[i]), float(srg[i]), bool(flat[i])]
+            for i in range(k)
+        ]
+        columns = ["image", "map", "explanation", "target", "target_name", "predicted", "predicted_name", "confidence",
+                   "size", "srg", "degenerate"]
+        self.logger.log_table("test/explanations", columns=columns, data=data)
+        return flat
 
 
 @explainer("salvage", access="white", needs=("explainer",))

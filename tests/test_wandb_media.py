@@ -81,3 +81,42 @@ def test_rex_callback_logs_one_table_with_each_images_pictures_and_metrics(tmp_p
         assert any(np.abs(p - image_to_array(x).astype(int)).max() <= 1 for p in pictures)
     explanations = [p for p in pictures if p[8:, 8:].max() <= 0.15 * 255 * 0.2 + 2 and p[:8, :8].max() > 200]
     assert len(explanations) == 2  # the kept corner shown, the rest darkened
+
+
+def test_salvage_test_logs_one_table_of_its_examples_with_pictures_and_metrics(tmp_path, monkeypatch):
+    import json
+    import math
+
+    import train
+    from tests.conftest import tiny_stage_args
+    from tests.test_salvage_stage import TINY
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
+    one_step = ["--trainer.limit_train_batches", "1", "--trainer.callbacks", "[]"]
+    cls = train.main(tiny_stage_args(tmp_path, "cls", "classifier_synthetic", *one_step))[0]
+    sur = train.main(tiny_stage_args(tmp_path, "sur", "surrogate_synthetic", "--model.init_args.classifier_ckpt",
+                                     cls["best_checkpoint"], *one_step))[0]
+    train.main(tiny_stage_args(tmp_path, "expl", "salvage_synthetic", "--model.init_args.surrogate_ckpt",
+                               sur["best_checkpoint"], *TINY, "--model.init_args.log_examples", "3", "--wandb", "true"))
+    run, = (tmp_path / "runs" / "expl" / "wandb").glob("offline-run-*")
+    table_file, = run.glob("files/media/table/test/explanations_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["image", "map", "explanation", "target", "target_name", "predicted", "predicted_name",
+                                "confidence", "size", "srg", "degenerate"]
+    assert len(table["data"]) == 3
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    for row, r in zip(table["data"], rows):
+        assert row[:3] == ["Image"] * 3  # offline, the pictures themselves wait in the staged artifact
+        assert isinstance(r["target_name"], str) and isinstance(r["predicted_name"], str)
+        assert 0.0 <= r["confidence"] <= 1.0 and math.isfinite(r["srg"]) and isinstance(r["degenerate"], bool)
+        assert (r["size"] is None) == r["degenerate"] and (r["size"] is None or 0.0 < r["size"] <= 1.0)
+    if any(r["degenerate"] for r in rows):
+        assert b"(degenerate)" in next(run.glob("run-*.wandb")).read_bytes()  # the overlay's caption says so too
+    staged = [f for f in (tmp_path / "data").rglob("*") if f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"]
+    overlays = list(run.glob("files/media/images/test/attributions_*.png"))
+    assert len(staged) == 9 and len(overlays) == 3  # three rows' image, map and explanation; three overlays
+    for f in staged + overlays:
+        picture = np.asarray(Image.open(f).convert("RGB")).astype(int)
+        assert picture.shape == (32, 32, 3) and picture.max() > 60 and picture.std() > 1, f  # neither black nor flat
