@@ -9,7 +9,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from evaluation.loading import LoadedModels
-from evaluation.suite import resolve_min_confidence, score
+from evaluation.suite import score
+from explainers.metrics import resolve_min_confidence
 from explainers.protocol import Explanation, get
 
 

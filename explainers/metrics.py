@@ -21,6 +21,22 @@ from explainers.maps import to_pixel_map
 DEGENERATE_MARGIN = 0.05
 
 
+#: The default sufficiency requirement for two-class models (fraction of the full image's target probability).
+TWO_CLASS_MIN_CONFIDENCE = 0.8
+
+
+def resolve_min_confidence(min_confidence: float | str, num_classes: int) -> float:
+    """The sufficiency requirement (rex-xai's confidence_filter): "auto" is 0 (keep the class, ReX section 5.1) for
+    three or more classes and 0.8 of the full image's confidence for two classes, where a fully masked image sits
+    near p = 0.5 and keeping the class alone is met by a handful of pixels."""
+    if min_confidence == "auto":
+        return TWO_CLASS_MIN_CONFIDENCE if num_classes == 2 else 0.0
+    value = float(min_confidence)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"min_confidence must be 'auto' or lie in [0, 1], got {min_confidence!r}")
+    return value
+
+
 def degenerate(blank: Tensor, full: Tensor, target: Tensor, min_confidence: float,
                margin: float = DEGENERATE_MARGIN) -> Tensor:
     """(B,) True where the fully masked image's probabilities `blank` (B, C) already (nearly, within `margin`)

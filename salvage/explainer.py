@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 
 from explainers.figures import DEGENERATE_NOTE, explanation_to_array, image_to_array, map_to_array
 from explainers.maps import select_class, to_pixel_map
-from explainers.metrics import degenerate
+from explainers.metrics import degenerate, resolve_min_confidence
 from explainers.protocol import Explanation, explainer
 from models.classifier import MaskableModule
 from models.maskable import MaskableClassifier, build_classifier
@@ -314,7 +314,6 @@ class ExplainerModule(MaskableModule):
             return None
         import wandb as wb
 
-        from evaluation.suite import resolve_min_confidence  # evaluation.suite imports the salvage package
 
         k = min(self.hparams.log_examples, images.shape[0])
         images, target, maps = images[:k], target[:k], maps[:k]

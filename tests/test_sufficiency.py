@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from evaluation.suite import degenerate, resolve_min_confidence, score
+from evaluation.suite import score
+from explainers.metrics import degenerate, resolve_min_confidence
 from evaluation.table import comparison_table
 from explainers import Explanation
 
