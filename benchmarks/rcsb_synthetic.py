@@ -165,7 +165,7 @@ def draw(path: Path, row: dict[str, Any], title: str, predictions: tuple[torch.T
             ax.set_yticks([])
             c, o = (int(p[i]) for p in predictions[2 * r:2 * r + 2])
             ax.set_title(f"clf {CLASS_SHAPES[c]}\noracle {CLASS_SHAPES[o] if o >= 0 else '-'}", fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=8, wrap=True)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -233,9 +233,8 @@ def main() -> None:
         header(__file__, checkpoints, f"SyntheticScenes test split (seed 0), scenes {first}..{first + n - 1} at "
                f"{size} px; FID reference: 500 other test scenes", device=dev),
         "# RCSB on the synthetic scenes: flips, oracle flips, realism, ablation, a known bias\n",
-        f"Bridge `{args.bridge}` ({size} px); nfe {args.nfe}, start {options.get('start', 650)} of 1000, s = 1.5 "
-        "unless "
-        f"stated; other rcsb options {options or 'the defaults'}. Rates: mean ± standard error sqrt(p (1 - p) / n). "
+        f"Classifier `{args.classifier}`; oracle `{args.oracle}`; bridge `{args.bridge}` ({size} px); "
+        f"nfe {args.nfe}, start {options.get('start', 650)} of 1000, s = 1.5 unless stated; other rcsb options {options or 'the defaults'}. Rates: mean ± standard error sqrt(p (1 - p) / n). "
         "'oracle flip rate': the oracle's argmax on the counterfactual is the target class; 'oracle says target "
         "before': the same on the unedited image. FID (feat.) is a Frechet distance in the pre-logit space of "
         f"`{judge}` (offline stand-in; NOT comparable to Inception FID), against 500 other real test scenes; "
