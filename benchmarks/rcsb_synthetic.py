@@ -234,7 +234,8 @@ def main() -> None:
                f"{size} px; FID reference: 500 other test scenes", device=dev),
         "# RCSB on the synthetic scenes: flips, oracle flips, realism, ablation, a known bias\n",
         f"Classifier `{args.classifier}`; oracle `{args.oracle}`; bridge `{args.bridge}` ({size} px); "
-        f"nfe {args.nfe}, start {options.get('start', 650)} of 1000, s = 1.5 unless stated; other rcsb options {options or 'the defaults'}. Rates: mean ± standard error sqrt(p (1 - p) / n). "
+        f"nfe {args.nfe}, start {options.get('start', 650)} of 1000, s = 1.5 unless stated; "
+        f"other rcsb options {options or 'the defaults'}. Rates: mean ± standard error sqrt(p (1 - p) / n). "
         "'oracle flip rate': the oracle's argmax on the counterfactual is the target class; 'oracle says target "
         "before': the same on the unedited image. FID (feat.) is a Frechet distance in the pre-logit space of "
         f"`{judge}` (offline stand-in; NOT comparable to Inception FID), against 500 other real test scenes; "
