@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import wandb
 from PIL import Image
 
 import explain
@@ -178,6 +179,7 @@ def test_explain_wandb_logs_one_table_of_pictures_and_scores(run, tmp_path, monk
     records = explain.main(["--ckpt", ckpt, "--method", "random,intervention", "--property", "object_fade", *DATA[:2],
                             "--limit", "2", *DATA[4:], "--out", str(out), "--option", "intervention.num_steps=6",
                             "--option", "intervention.num_permutations=20", "--steps", "8", "--wandb"])
+    wandb.teardown()  # the W&B service writes an offline run out behind finish(): wait for it
     table_file, = out.glob("wandb/offline-run-*/files/media/table/explanations_*.table.json")
     table = json.loads(table_file.read_text())
     columns = table["columns"]

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import wandb
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
@@ -100,6 +101,7 @@ def test_salvage_test_logs_one_table_of_its_examples_with_pictures_and_metrics(t
                                      cls["best_checkpoint"], *one_step))[0]
     train.main(tiny_stage_args(tmp_path, "expl", "salvage_synthetic", "--model.init_args.surrogate_ckpt",
                                sur["best_checkpoint"], *TINY, "--model.init_args.log_examples", "3", "--wandb", "true"))
+    wandb.teardown()  # the W&B service writes an offline run's records out behind finish(): wait for it
     run, = (tmp_path / "runs" / "expl" / "wandb").glob("offline-run-*")
     table_file, = run.glob("files/media/table/test/explanations_*.table.json")
     table = json.loads(table_file.read_text())
