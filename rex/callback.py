@@ -68,10 +68,10 @@ class ReXCallback(EvaluationCallback):
 
     def summarise(self, task: str, columns: dict[str, Tensor], arrays: dict[str, Tensor]) -> dict[str, Any]:
         results = super().summarise(task, columns, arrays)
+        bookkeeping = ("target", "confidence", "model_calls", "seconds", "degenerate")
         results["summary"] = {k: v for k, v in results["summary"].items()
-                              if not k.endswith(("_n", "_nan")) and k not in ("target", "confidence", "target_std",
-                                                                             "confidence_std", "model_calls_std",
-                                                                             "seconds_std", "degenerate_std")}
+                              if not k.endswith(("_n", "_nan")) and k not in ("target", "confidence")
+                              and not any(k in (f"{b}_std", f"{b}_se") for b in bookkeeping)}
         return results
 
     def figures(self, task: str, stage: str, results: dict[str, Any]) -> list[tuple[str, Figure]]:
