@@ -3,6 +3,7 @@ import json
 import pickle
 from pathlib import Path
 
+import wandb
 import yaml
 
 import pytest
@@ -217,6 +218,7 @@ def test_pipeline_stages_are_separate_wandb_runs_in_one_group(tmp_path):
     config = tmp_path / "pipe.yaml"
     config.write_text(yaml.safe_dump(pipeline))
     train.main(["--config", str(config), "--run_root", str(tmp_path / "runs"), "--wandb", "true"])
+    wandb.teardown()  # the W&B service writes an offline run's records out behind finish(): wait for it
     runs = {stage: list((tmp_path / "runs" / "pipe" / stage / "wandb").glob("offline-run-*"))
             for stage in ("classifier", "surrogate")}
     assert all(len(found) == 1 for found in runs.values()), runs
