@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from explainers.metrics import degenerate, ground_truth_metrics
+from explainers.metrics import degenerate_images, ground_truth_metrics
 from explainers.protocol import Explanation
 from models.queries import QueryEngine
 from rex.metrics import rex_metrics
@@ -36,10 +36,8 @@ def score(
     if e.maps is None:
         return metrics, None, None
     engine = QueryEngine(models["classifier"])
-    probs = engine.probabilities(torch.cat([images, engine.blank(images)])).float()
-    full, blank = probs[: len(images)], probs[len(images):]
     target = e.target.to(images.device)
-    flat = degenerate(blank, full.gather(1, target[:, None])[:, 0], target, min_confidence)
+    flat, _, blank = degenerate_images(engine, images, target, min_confidence)
     section6, extracted, curves = rex_metrics(engine, images, e.maps, e.target, e.explanation, steps, min_confidence)
     metrics.update(section6)
     metrics.update(ground_truth_metrics(e.maps, extracted, batch))

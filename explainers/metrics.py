@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from scipy.stats import sem, ttest_1samp
@@ -44,6 +45,16 @@ def degenerate(blank: Tensor, full: Tensor, target: Tensor, min_confidence: floa
     probability `full` (B,). Any subset of pixels then "suffices", so the explanation's size says nothing."""
     p = blank.gather(1, target[:, None])[:, 0]
     return (p >= blank.amax(1) - margin) & (p >= min_confidence * full - margin)
+
+
+def degenerate_images(engine: Any, images: Tensor, target: Tensor, min_confidence: float | str) -> tuple[Tensor, ...]:
+    """(`degenerate` flags (B,), probabilities on the images (B, C), on their fully masked versions (B, C)) from
+    one batched query of a `models.queries.QueryEngine`; `min_confidence` as `resolve_min_confidence` takes it."""
+    probs = engine.probabilities(torch.cat([images, engine.blank(images)])).float()
+    full, blank = probs[: len(images)], probs[len(images):]
+    target = target.to(full.device)
+    min_confidence = resolve_min_confidence(min_confidence, full.shape[1])
+    return degenerate(blank, full.gather(1, target[:, None])[:, 0], target, min_confidence), full, blank
 
 
 def _pixel_inputs(maps: Tensor, masks: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from explainers.callbacks import EvaluationCallback, Rows
 from explainers.figures import DEGENERATE_NOTE, explanation_to_array, image_to_array, map_to_array, overlay_figure
-from explainers.metrics import degenerate, fraction_inside, fraction_outside
+from explainers.metrics import degenerate_images, fraction_inside, fraction_outside
 from models.queries import QueryEngine
 from rex.explainer import ReX, ReXConfig, rex_explain
 from rex.metrics import insertion_deletion
@@ -50,10 +50,9 @@ class ReXCallback(EvaluationCallback):
         _, _, ins, dele = insertion_deletion(model, images, e.maps, e.target, self.steps)
         nan = torch.full_like(ins, math.nan)
         b = images.shape[0]
-        confidence = model(images).float().softmax(-1).gather(1, e.target[:, None])[:, 0]
         engine = QueryEngine(model, mask_value=self.options.get("mask_value"))
-        flat = degenerate(engine.probabilities(engine.blank(images)), confidence, e.target,
-                          self.options.get("min_confidence", 0.0))
+        flat, full, _ = degenerate_images(engine, images, e.target, self.options.get("min_confidence", 0.0))
+        confidence = full.gather(1, e.target[:, None].to(full.device))[:, 0]
         scores = {
             "size": e.explanation.flatten(1).float().mean(1), "insertion": ins, "deletion": dele,
             "in": fraction_inside(e.explanation, batch["mask"]) if "mask" in batch else nan,

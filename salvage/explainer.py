@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 
 from explainers.figures import DEGENERATE_NOTE, explanation_to_array, image_to_array, map_to_array
 from explainers.maps import select_class, to_pixel_map
-from explainers.metrics import degenerate, resolve_min_confidence
+from explainers.metrics import degenerate_images, resolve_min_confidence
 from explainers.protocol import Explanation, explainer
 from models.classifier import MaskableModule
 from models.maskable import MaskableClassifier, build_classifier
@@ -314,16 +314,12 @@ class ExplainerModule(MaskableModule):
             return None
         import wandb as wb
 
-
         k = min(self.hparams.log_examples, images.shape[0])
         images, target, maps = images[:k], target[:k], maps[:k]
         patch = select_class(maps, target)
         engine = QueryEngine(self.reference.to(self.device))
-        probs = engine.probabilities(torch.cat([images, engine.blank(images)]))
-        full, blank = probs[:k], probs[k:]
-        min_confidence = resolve_min_confidence("auto", full.shape[1])
-        flat = degenerate(blank, full.gather(1, target[:, None])[:, 0], target, min_confidence)
-        size, kept = explanation_size(engine, images, patch, target, min_confidence)
+        flat, full, _ = degenerate_images(engine, images, target, "auto")
+        size, kept = explanation_size(engine, images, patch, target, resolve_min_confidence("auto", full.shape[1]))
         srg = srg_scores(self._game(), images, maps, target, self.hparams.metric_batch_size)["srg"]
         heat = to_pixel_map(patch, tuple(images.shape[-2:]), mode="bilinear")
         confidence, predicted = full.max(1)
